@@ -1,0 +1,1 @@
+"""CKKS encrypted inference for polyact PANNs, on TenSEAL's SEAL bindings."""

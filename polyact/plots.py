@@ -1,0 +1,41 @@
+"""Figures (matplotlib, headless): activation vs polynomial, error curves, trade-off curves."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .poly import Polynomial  # noqa: E402
+from .target import as_target  # noqa: E402
+
+
+def plot_fit(poly: Polynomial, fn: Any, path: str | Path, title: str | None = None) -> Path:
+    """Draw ``fn`` and ``poly`` on the polynomial's interval (top) and the error ``fn - poly``
+    (bottom); write a PNG to ``path``."""
+    target = as_target(fn)
+    a, b = poly.interval
+    x = np.linspace(a, b, 2001)
+    y, p = target(x), poly(x)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    top.plot(x, y, label=target.name, linewidth=2)
+    top.plot(x, p, "--", label=f"degree {poly.degree} ({poly.method})")
+    top.legend()
+    top.set_ylabel("value")
+    top.set_title(title or f"{target.name} on [{a:g}, {b:g}], depth {poly.depth}")
+    bottom.plot(x, y - p, color="tab:red")
+    if poly.max_error is not None:
+        for level in (poly.max_error, -poly.max_error):
+            bottom.axhline(level, color="gray", linestyle=":")
+    bottom.set_ylabel("error f - p")
+    bottom.set_xlabel("x")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
