@@ -8,10 +8,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .poly import Polynomial  # noqa: E402
 from .target import as_target  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_fit(poly: Polynomial, fn: Any, path: str | Path, title: str | None = None) -> Path:
@@ -33,9 +43,27 @@ def plot_fit(poly: Polynomial, fn: Any, path: str | Path, title: str | None = No
             bottom.axhline(level, color="gray", linestyle=":")
     bottom.set_ylabel("error f - p")
     bottom.set_xlabel("x")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_tradeoff(result, path: str | Path) -> Path:
+    """Accuracy vs network depth, one curve per method (best accuracy at each depth), with the
+    original model's accuracy as a reference line; write a PNG to ``path``."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = sorted({r.method for r in result.rows})
+    for method in methods:
+        best: dict[int, float] = {}
+        for r in result.rows:
+            if r.method == method and r.depth is not None:
+                best[r.depth] = max(best.get(r.depth, -1.0), r.accuracy)
+        depths = sorted(best)
+        ax.plot(depths, [best[d] for d in depths], marker="o", label=method)
+    ax.axhline(result.baseline_accuracy, color="black", linestyle="--", linewidth=1, label="original")
+    ax.axhline(result.baseline_accuracy - 1.0, color="gray", linestyle=":", linewidth=1, label="original - 1 pt")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("network depth (CKKS levels)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(max(0.0, min((r.accuracy for r in result.rows), default=0.0) - 5.0), 100.5)
+    ax.set_title(f"{result.model}: accuracy vs depth")
+    ax.legend()
+    return _save(fig, path)

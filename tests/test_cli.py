@@ -51,3 +51,44 @@ def test_module_entry_point_runs():
         capture_output=True, text=True, check=True,
     )
     assert json.loads(result.stdout)["degree"] == 5
+
+
+def test_convert_writes_a_loadable_pann_and_reports_json(tmp_path, capsys):
+    out = tmp_path / "mlp.pann"
+    code = main(["convert", "--model", "mlp", "--epochs", "2", "--degree", "7", "--out", str(out), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["depth"] == 1 + 3 + 1 and len(report["layers"]) == 1
+    from polyact.storage import load_pann
+
+    pann = load_pann(out)
+    assert pann.polyact_input_shape == [1, 8, 8]
+
+
+def test_convert_accepts_saved_models_and_state_dicts_with_a_factory(tmp_path, capsys):
+    import torch
+
+    from polyact.models import build_model
+    from polyact.storage import save_model
+
+    model = build_model("mlp", (1, 8, 8), 10, "gelu", hidden=(8,))
+    save_model(model, tmp_path / "model.pt")
+    assert main(["convert", "--model", str(tmp_path / "model.pt"), "--tolerance", "0.05"]) == 0
+    assert "nn.GELU" in capsys.readouterr().out
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    kwargs = json.dumps({"name": "mlp", "input_shape": [1, 8, 8], "num_classes": 10, "activation": "gelu", "hidden": [8]})
+    assert main(["convert", "--model", str(tmp_path / "weights.pt"), "--factory", "polyact.models:build_model",
+                 "--factory-kwargs", kwargs, "--degree", "5"]) == 0
+    assert main(["convert", "--model", str(tmp_path / "weights.pt"), "--degree", "5"]) == 2
+    assert "not a polyact-model/1 file" in capsys.readouterr().err
+
+
+def test_tradeoff_writes_csv_plot_and_json(tmp_path, capsys):
+    csv_path, png = tmp_path / "t.csv", tmp_path / "t.png"
+    code = main(["tradeoff", "--model", "mlp", "--epochs", "2", "--methods", "minimax", "lsq", "--degrees", "3", "7",
+                 "--csv", str(csv_path), "--plot", str(png), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["rows"]) == 4 and {r["method"] for r in result["rows"]} == {"minimax", "lsq"}
+    assert len(csv_path.read_text().splitlines()) == 5
+    assert png.read_bytes()[:4] == b"\x89PNG"

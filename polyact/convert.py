@@ -1,0 +1,259 @@
+"""Convert a trained model into a PANN (polynomial activation neural network).
+
+``convert(model, calib_data, method="minimax", degree=15)`` does what ``torch.ao``'s
+prepare / calibrate / convert steps do for quantisation:
+
+1. **prepare** - locate every non-polynomial operation (:mod:`polyact.rewrite`) and put an
+   observer on each activation's input;
+2. **calibrate** - run the calibration data; observers record ranges and samples;
+3. **convert** - choose each interval from the observed range plus a margin, fit the
+   activation there (by degree, tolerance, composite precision ``alpha``, or per-layer
+   overrides) and put a :class:`~polyact.modules.PolyAct` in its place.
+
+The result is an ordinary ``nn.Module`` plus a :class:`~polyact.report.ConversionReport`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterable, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .calibrate import ActivationStats, RangeObserver, choose_interval, observed_range
+from .composite import PRODUCT_OF
+from .data import Dataset
+from .fit import fit, fit_to_tolerance
+from .graph import LoweringError, lower
+from .models import FACTORY_ATTR
+from .modules import PolyAct
+from .poly import ChebPoly, Polynomial
+from .report import ConversionReport, LayerReport
+from .rewrite import (
+    ActivationSlot,
+    FunctionalCallDetector,
+    Site,
+    Structure,
+    UnsupportedOperationError,
+    guard_slots,
+    install,
+    prepare_structure,
+)
+from .storage import INPUT_SHAPE_ATTR, STRUCTURE_ATTR
+from .target import as_target
+
+CalibrationData = Union[torch.Tensor, Dataset, Iterable]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How to fit one activation. Exactly one of ``degree``, ``tolerance`` and ``alpha`` (the
+    latter for relu/abs/sign only, giving a composite) decides the polynomial."""
+
+    method: str = "minimax"
+    degree: int | None = None
+    tolerance: float | None = None
+    alpha: float | None = None
+    eps: float | None = None
+    margin: float = 0.1
+    range_mode: str = "minmax"
+    percentile: float = 99.99
+    per_channel: bool = False
+
+
+def _batches(data: CalibrationData, batch_size: int) -> Iterable[torch.Tensor]:
+    if isinstance(data, Dataset):
+        data = data.calibration()
+    if isinstance(data, torch.Tensor):
+        if data.numel() == 0:
+            raise ValueError("calibration data is empty")
+        for i in range(0, len(data), batch_size):
+            yield data[i : i + batch_size]
+        return
+    for item in data:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _input_shape(data: CalibrationData) -> tuple[int, ...] | None:
+    for batch in _batches(data, 1):
+        return tuple(batch.shape[1:])
+    return None
+
+
+@torch.no_grad()
+def calibrate(structure: Structure, data: CalibrationData, batch_size: int = 256, progress: bool = False) -> dict[str, RangeObserver]:
+    """Observe every activation's input over ``data``; returns the observers by site name."""
+    observers: dict[str, RangeObserver] = {}
+
+    def slot(site: Site) -> nn.Module:
+        observers[site.name] = RangeObserver()
+        return ActivationSlot(site.activation, observers[site.name])
+
+    install(structure, slot)
+    model = structure.model.eval()
+    detector = FunctionalCallDetector()
+    handles = guard_slots(model, detector) if not structure.traced else []
+    try:
+        for batch in tqdm(list(_batches(data, batch_size)), desc="calibrate", disable=not progress, leave=False):
+            if structure.traced:
+                model(batch)
+            else:
+                with detector:
+                    model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if detector.calls:
+        raise UnsupportedOperationError(
+            "the model could not be traced by torch.fx, and it calls activations as functions "
+            f"({', '.join(sorted(detector.calls))}) that module swapping cannot replace; use "
+            "activation modules (nn.ReLU, nn.GELU, ...) or make the forward traceable"
+        )
+    return observers
+
+
+def _config_for(site: Site, base: FitConfig, overrides: dict[str, dict[str, Any]]) -> FitConfig:
+    changes = {**overrides.get(site.target, {}), **overrides.get(site.name, {})}
+    return replace(base, **changes) if changes else base
+
+
+def _fit_interval(target: nn.Module, interval: tuple[float, float], cfg: FitConfig, stats: ActivationStats, site: Site) -> Polynomial:
+    if site.target == "square":
+        return fit(target, interval, 2, "minimax")  # already a polynomial: exact
+    if cfg.alpha is not None and site.target in PRODUCT_OF:
+        return fit(target, interval, cfg.degree, "composite", alpha=cfg.alpha, eps=cfg.eps)
+    if cfg.method == "composite":
+        raise ValueError(f"{site.name}: method='composite' needs alpha= (precision bits) for {site.target}")
+    weights = stats.histogram(interval) if cfg.method == "lsq" else None
+    if cfg.tolerance is not None:
+        return fit_to_tolerance(target, interval, cfg.tolerance, cfg.method, weights=weights)
+    if cfg.degree is None:
+        hint = " (alpha applies to relu, abs and sign only)" if cfg.alpha is not None else ""
+        raise ValueError(f"{site.name} ({site.target}): give degree= or tolerance={hint}")
+    return fit(target, interval, cfg.degree, cfg.method, weights=weights)
+
+
+def _fit_site(site: Site, stats: ActivationStats, cfg: FitConfig) -> tuple[Polynomial | list[ChebPoly], tuple[float, float]]:
+    composite = cfg.alpha is not None and site.target in PRODUCT_OF
+    low, high = observed_range(stats, cfg.range_mode, cfg.percentile)
+    interval = choose_interval(low, high, cfg.margin, symmetric=composite)
+    if not cfg.per_channel:
+        return _fit_interval(site.activation, interval, cfg, stats, site), interval
+    if composite or cfg.method == "lsq" or stats.channel_min is None:
+        raise ValueError(f"{site.name}: per-channel fits support minimax and chebyshev with degree= or tolerance=")
+    intervals = [choose_interval(lo, hi, cfg.margin) for lo, hi in zip(stats.channel_min, stats.channel_max)]
+    if cfg.tolerance is not None:  # one degree (one schedule) for every channel: the largest needed
+        degree = max(fit_to_tolerance(site.activation, iv, cfg.tolerance, cfg.method).degree for iv in intervals)
+        cfg = replace(cfg, degree=degree, tolerance=None)
+    polys = [_fit_interval(site.activation, iv, cfg, stats, site) for iv in intervals]
+    return polys, (min(iv[0] for iv in intervals), max(iv[1] for iv in intervals))
+
+
+def _calibration_error(site: Site, poly: Polynomial | list[ChebPoly], stats: ActivationStats) -> tuple[float, float]:
+    """Largest error on the calibration samples and the fraction outside the interval(s)."""
+    exact = as_target(site.activation)(stats.samples)
+    if isinstance(poly, list):
+        approx = np.empty_like(stats.samples)
+        outside = np.zeros(stats.samples.shape, dtype=bool)
+        for c, p in enumerate(poly):
+            mask = stats.sample_channels == c
+            approx[mask] = p(stats.samples[mask])
+            outside[mask] = (stats.samples[mask] < p.interval[0]) | (stats.samples[mask] > p.interval[1])
+        return float(np.abs(approx - exact).max()), float(outside.mean())
+    return float(np.abs(poly(stats.samples) - exact).max()), stats.outside(poly.interval)
+
+
+def convert(
+    model: nn.Module,
+    calib_data: CalibrationData,
+    *,
+    method: str = "minimax",
+    degree: int | None = None,
+    tolerance: float | None = None,
+    alpha: float | None = None,
+    eps: float | None = None,
+    margin: float = 0.1,
+    range_mode: str = "minmax",
+    percentile: float = 99.99,
+    per_channel: bool = False,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    maxpool: str = "avg",
+    use_fx: bool = True,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> tuple[nn.Module, ConversionReport]:
+    """Replace every activation of ``model`` by a fitted polynomial.
+
+    Parameters
+    ----------
+    model : a trained ``nn.Module`` (not modified; a copy is converted).
+    calib_data : input tensor, a :class:`polyact.data.Dataset` (a calibration subset of its
+        training inputs), or an iterable of batches (tensors or ``(x, y)`` pairs).
+    method : ``"minimax"``, ``"chebyshev"`` or ``"lsq"`` (weighted by the observed histogram).
+    degree, tolerance, alpha : the precision: a degree, a max error on the interval, or
+        composite precision bits for relu/abs/sign (with optional gap ``eps``).
+    margin : the interval's half-width is the observed half-range times ``1 + margin``.
+    range_mode, percentile : cover the observed ``"minmax"`` or a ``"percentile"`` band.
+    per_channel : one polynomial per channel (same degree), each on its channel's range.
+    overrides : per-layer changes keyed by layer name or activation name, e.g.
+        ``{"features.2": {"degree": 31}, "gelu": {"method": "lsq"}}``.
+    maxpool : ``"avg"`` replaces max pooling by average pooling; ``"error"`` rejects it.
+    use_fx : trace with torch.fx (else swap activation modules only).
+
+    Returns ``(pann, report)``.
+    """
+    base = FitConfig(method, degree, tolerance, alpha, eps, margin, range_mode, percentile, per_channel)
+    if degree is None and tolerance is None and alpha is None:
+        raise ValueError("give degree=, tolerance= or alpha= (composite relu) to set the precision")
+    overrides = overrides or {}
+    valid_keys = {f.name for f in fields(FitConfig)}
+    for key, change in overrides.items():
+        if set(change) - valid_keys:
+            raise ValueError(f"overrides[{key!r}] has unknown settings {sorted(set(change) - valid_keys)}; use {sorted(valid_keys)}")
+    structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx)
+    known = {s.name for s in structure.sites} | {s.target for s in structure.sites}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"overrides name no activation of this model: {sorted(unknown)}; layers are {sorted(s.name for s in structure.sites)}")
+    observers = calibrate(structure, calib_data, batch_size, progress)
+    layers: list[LayerReport] = []
+    polys: dict[str, PolyAct] = {}
+    for site in tqdm(structure.sites, desc="fit", disable=not progress, leave=False):
+        stats = observers[site.name].stats()
+        cfg = _config_for(site, base, overrides)
+        poly, interval = _fit_site(site, stats, cfg)
+        polys[site.name] = PolyAct(poly, target=site.target, name=site.name)
+        calib_error, outside = _calibration_error(site, poly, stats)
+        module = polys[site.name]
+        layers.append(LayerReport(
+            name=site.name, op=site.op, target=site.target, method=module.meta["method"] or cfg.method,
+            degree=module.degree, depth=module.depth, interval=interval, observed=(stats.min, stats.max),
+            max_error=module.meta["max_error"], calibration_error=calib_error, out_of_range=outside,
+            per_channel=module.per_channel, alpha=getattr(poly, "alpha", None),
+        ))
+    install(structure, lambda site: polys[site.name])
+    pann = structure.model.eval()
+    input_shape = _input_shape(calib_data)
+    if hasattr(model, FACTORY_ATTR):
+        setattr(pann, FACTORY_ATTR, getattr(model, FACTORY_ATTR))
+    setattr(pann, STRUCTURE_ATTR, {"maxpool": maxpool, "use_fx": use_fx})
+    setattr(pann, INPUT_SHAPE_ATTR, list(input_shape) if input_shape else None)
+    return pann, build_report(pann, layers, input_shape, structure.notes)
+
+
+def build_report(pann: nn.Module, layers: list[LayerReport], input_shape: tuple[int, ...] | None, notes: list[str]) -> ConversionReport:
+    """Totals for a converted network: depth from its lowered graph (see :mod:`polyact.graph`)."""
+    depth, evals, notes = None, 0, list(notes)
+    if input_shape is not None:
+        try:
+            graph = lower(pann, input_shape)
+            depth = graph.depth
+            evals = sum(int(np.prod(n.shape)) for n in graph.poly_nodes)
+            folded = [n.name for n in graph.poly_nodes if n.fold_square]
+            if folded:
+                notes.append(f"degree-2 activations {folded} cost one level (scale folded into the next layer)")
+        except LoweringError as exc:
+            notes.append(f"depth unknown: {exc}")
+    return ConversionReport(layers, depth, input_shape or (), evals, notes)

@@ -1,0 +1,197 @@
+"""Data sets: scikit-learn's bundled ones (offline) and readers for MNIST, Fashion-MNIST and
+CIFAR-10 in their original formats from a local folder.
+
+Every loader returns a :class:`Dataset` of float32 tensors: images as ``(N, C, H, W)`` scaled to
+[0, 1] (or standardised features for tabular data) and int64 labels.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.model_selection import train_test_split
+
+
+@dataclass
+class Dataset:
+    """Train/test tensors of one data set."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    def calibration(self, size: int = 2048, seed: int = 0) -> torch.Tensor:
+        """A random subset of the training inputs for calibrating activation ranges."""
+        generator = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self.x_train), generator=generator)[:size]
+        return self.x_train[idx]
+
+    def save_npz(self, path: str | Path) -> None:
+        """Write ``x_train, y_train, x_test, y_test`` to an ``.npz`` file (see :func:`load_npz`)."""
+        np.savez_compressed(path, x_train=self.x_train.numpy(), y_train=self.y_train.numpy(),
+                            x_test=self.x_test.numpy(), y_test=self.y_test.numpy())
+
+
+def _split(name: str, x: np.ndarray, y: np.ndarray, test_size: float, seed: int) -> Dataset:
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+    as_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    as_y = lambda a: torch.tensor(a, dtype=torch.int64)  # noqa: E731
+    return Dataset(name, as_x(x_tr), as_y(y_tr), as_x(x_te), as_y(y_te))
+
+
+def digits(test_size: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), pixels scaled to [0, 1],
+    as ``(N, 1, 8, 8)``; a stratified split."""
+    bunch = load_digits()
+    x = (bunch.images / 16.0).reshape(-1, 1, 8, 8)
+    return _split("digits", x, bunch.target, test_size, seed)
+
+
+def breast_cancer(test_size: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's Wisconsin breast cancer set (569 x 30 features, 2 classes), features
+    standardised with the training split's mean and standard deviation."""
+    bunch = load_breast_cancer()
+    data = _split("breast_cancer", bunch.data, bunch.target, test_size, seed)
+    mean, std = data.x_train.mean(0), data.x_train.std(0).clamp_min(1e-12)
+    data.x_train = (data.x_train - mean) / std
+    data.x_test = (data.x_test - mean) / std
+    return data
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format: big-endian magic ``0x00 0x00 dtype ndim``, the
+    dimensions as uint32, then the data), optionally gzip-compressed."""
+    path = Path(path)
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    with _open(path) as fh:
+        header = fh.read(4)
+        if len(header) != 4 or header[:2] != b"\x00\x00" or header[2] not in dtypes:
+            raise ValueError(f"{path} is not an IDX file (bad magic number {header!r})")
+        ndim = header[3]
+        shape = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
+        data = np.frombuffer(fh.read(), dtype=dtypes[header[2]])
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but the file holds {data.size} values")
+    return data.reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / name).exists():
+            return folder / name
+    raise FileNotFoundError(f"{folder} has no {stem}[.gz]; expected the original MNIST file names")
+
+
+def mnist(folder: str | Path, name: str = "mnist") -> Dataset:
+    """MNIST or Fashion-MNIST (same format) from ``folder`` holding ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``
+    (optionally ``.gz``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder with {name} files")
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match")
+        parts[split] = (
+            torch.tensor(images[:, None].astype(np.float32) / 255.0),
+            torch.tensor(labels.astype(np.int64)),
+        )
+    return Dataset(name, *parts["train"], *parts["test"])
+
+
+def cifar10(folder: str | Path) -> Dataset:
+    """CIFAR-10 from ``folder``: the binary version (``data_batch_1.bin`` .. ``_5.bin``,
+    ``test_batch.bin``; records of 1 label byte + 3072 pixel bytes) or the Python version
+    (pickled ``data_batch_1`` .. ``_5``, ``test_batch``; only load files you trust)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder with CIFAR-10 batches")
+
+    def binary(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        raw = np.concatenate([np.fromfile(p, dtype=np.uint8) for p in paths])
+        if raw.size % 3073:
+            raise ValueError(f"{folder}: CIFAR-10 binary batches must hold 3073-byte records")
+        records = raw.reshape(-1, 3073)
+        return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0]
+
+    def python(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for p in paths:
+            with open(p, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[b"labels"]))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    train_bin = sorted(folder.glob("data_batch_*.bin"))
+    if train_bin:
+        train, test = binary(train_bin), binary([folder / "test_batch.bin"])
+    else:
+        train_py = sorted(p for p in folder.glob("data_batch_*") if p.suffix == "")
+        if not train_py:
+            raise FileNotFoundError(f"{folder} has no data_batch_* files (binary or Python CIFAR-10)")
+        train, test = python(train_py), python([folder / "test_batch"])
+    to_x = lambda a: torch.tensor(a.astype(np.float32) / 255.0)  # noqa: E731
+    to_y = lambda a: torch.tensor(a.astype(np.int64))  # noqa: E731
+    return Dataset("cifar10", to_x(train[0]), to_y(train[1]), to_x(test[0]), to_y(test[1]))
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A data set saved as ``.npz`` with arrays ``x_train, y_train, x_test, y_test``."""
+    path = Path(path)
+    with np.load(path) as archive:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+        if missing:
+            raise ValueError(f"{path} lacks arrays {sorted(missing)}; save x_train, y_train, x_test, y_test")
+        arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    return Dataset(
+        path.stem,
+        torch.tensor(arrays["x_train"], dtype=torch.float32),
+        torch.tensor(arrays["y_train"], dtype=torch.int64),
+        torch.tensor(arrays["x_test"], dtype=torch.float32),
+        torch.tensor(arrays["y_test"], dtype=torch.int64),
+    )
+
+
+BUILTIN = {"digits": digits, "breast_cancer": breast_cancer}
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Resolve a data set: a built-in name (``digits``, ``breast_cancer``), an ``.npz`` file, or
+    ``mnist:FOLDER``, ``fashion_mnist:FOLDER``, ``cifar10:FOLDER``."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]()
+    kind, _, folder = spec.partition(":")
+    if folder and kind in ("mnist", "fashion_mnist"):
+        return mnist(folder, kind)
+    if folder and kind == "cifar10":
+        return cifar10(folder)
+    if spec.endswith(".npz"):
+        return load_npz(spec)
+    raise ValueError(
+        f"unknown data set {spec!r}; use digits, breast_cancer, a .npz file, "
+        "mnist:FOLDER, fashion_mnist:FOLDER or cifar10:FOLDER"
+    )

@@ -1,0 +1,119 @@
+"""Save and load PANNs and trained models.
+
+A PANN file holds the state dict, a JSON spec of every polynomial, the conversion's structural
+options and, when known, the factory that builds the original architecture. Files load with
+``torch.load(weights_only=True)``: plain tensors, numbers and strings, no pickled code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import FACTORY_ATTR, resolve_factory
+from .modules import PolyAct, polyact_layers
+from .rewrite import install, prepare_structure
+
+PANN_FORMAT = "polyact-pann/1"
+MODEL_FORMAT = "polyact-model/1"
+STRUCTURE_ATTR = "polyact_structure"
+INPUT_SHAPE_ATTR = "polyact_input_shape"
+
+
+def _factory_of(model: nn.Module, factory: str | None, factory_kwargs: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+    if factory is not None:
+        return factory, dict(factory_kwargs or {})
+    recorded = getattr(model, FACTORY_ATTR, None)
+    return (recorded[0], dict(recorded[1])) if recorded else (None, {})
+
+
+def _build(payload: dict[str, Any], model: nn.Module | None, path: Path) -> nn.Module:
+    if model is not None:
+        return model
+    if not payload.get("factory"):
+        raise ValueError(
+            f"{path} does not record how to build its architecture; pass model=<an instance of the "
+            "original architecture> (or save with factory='package.module:function')"
+        )
+    model = resolve_factory(payload["factory"])(**json.loads(payload["factory_kwargs"]))
+    setattr(model, FACTORY_ATTR, (payload["factory"], json.loads(payload["factory_kwargs"])))
+    return model
+
+
+def _load(path: str | Path, expected: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a polyact file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != expected:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path} is not a {expected} file (found {found!r})")
+    return payload
+
+
+def save_model(model: nn.Module, path: str | Path, *, factory: str | None = None,
+               factory_kwargs: dict[str, Any] | None = None) -> None:
+    """Save a trained (non-polynomial) model: state dict plus its factory."""
+    name, kwargs = _factory_of(model, factory, factory_kwargs)
+    torch.save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "factory": name,
+                "factory_kwargs": json.dumps(kwargs)}, path)
+
+
+def load_model(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Load a model saved by :func:`save_model` (rebuilt by its factory unless ``model`` is given)."""
+    payload = _load(path, MODEL_FORMAT)
+    model = _build(payload, model, Path(path))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def save_pann(pann: nn.Module, path: str | Path, *, factory: str | None = None,
+              factory_kwargs: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None) -> None:
+    """Save a PANN produced by :func:`polyact.convert` (state dict + JSON polynomial spec)."""
+    layers = {name: m.spec() for name, m in polyact_layers(pann).items()}
+    if not layers:
+        raise ValueError("this model has no PolyAct layers; convert it with polyact.convert first")
+    name, kwargs = _factory_of(pann, factory, factory_kwargs)
+    structure = getattr(pann, STRUCTURE_ATTR, {"maxpool": "avg", "use_fx": True})
+    input_shape = input_shape or getattr(pann, INPUT_SHAPE_ATTR, None)
+    torch.save({
+        "format": PANN_FORMAT,
+        "state_dict": pann.state_dict(),
+        "layers": json.dumps(layers),
+        "structure": json.dumps(structure),
+        "factory": name,
+        "factory_kwargs": json.dumps(kwargs),
+        "input_shape": json.dumps(list(input_shape) if input_shape else None),
+    }, path)
+
+
+def load_pann(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a PANN saved by :func:`save_pann`.
+
+    ``model`` is an instance of the original architecture; it is only needed when the file
+    records no factory. The loaded PANN gives identical outputs to the saved one.
+    """
+    payload = _load(path, PANN_FORMAT)
+    layers = json.loads(payload["layers"])
+    options = json.loads(payload["structure"])
+    structure = prepare_structure(_build(payload, model, Path(path)), **options)
+    names = {s.name for s in structure.sites}
+    if names != set(layers):
+        raise ValueError(
+            f"{path} does not match this architecture: file has activation layers {sorted(layers)}, "
+            f"the model has {sorted(names)}"
+        )
+    install(structure, lambda site: PolyAct.from_spec(layers[site.name], name=site.name))
+    pann = structure.model
+    pann.load_state_dict(payload["state_dict"])
+    if payload["factory"]:
+        setattr(pann, FACTORY_ATTR, (payload["factory"], json.loads(payload["factory_kwargs"])))
+    setattr(pann, STRUCTURE_ATTR, options)
+    setattr(pann, INPUT_SHAPE_ATTR, json.loads(payload["input_shape"]))
+    return pann.eval()

@@ -1,0 +1,93 @@
+"""Data loaders: built-in sets, and MNIST / CIFAR-10 / npz readers on small files in the real formats."""
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from polyact import data
+
+
+def test_digits_is_scaled_split_and_stratified(digits):
+    assert digits.x_train.shape == (1437, 1, 8, 8) and digits.x_test.shape == (360, 1, 8, 8)
+    assert digits.x_train.min() >= 0 and digits.x_train.max() <= 1
+    np.testing.assert_allclose(np.bincount(digits.y_test.numpy()) / 360, np.bincount(load_digits().target) / 1797, atol=0.01)
+    assert digits.num_classes == 10 and digits.input_shape == (1, 8, 8)
+
+
+def test_breast_cancer_is_standardised_on_the_training_split():
+    bc = data.breast_cancer()
+    assert bc.x_train.shape[1] == 30 and bc.num_classes == 2
+    np.testing.assert_allclose(bc.x_train.mean(0).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(bc.x_train.std(0).numpy(), 1, atol=1e-3)
+
+
+def write_idx(path, array, compress=False):
+    codes = {np.uint8: 0x08}
+    header = bytes([0, 0, codes[array.dtype.type], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as fh:
+        fh.write(header + array.tobytes())
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_reader_reads_the_idx_format(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    images = {s: rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8) for s, n in (("train", 6), ("t10k", 3))}
+    labels = {s: rng.integers(0, 10, size=len(images[s]), dtype=np.uint8) for s in images}
+    suffix = ".gz" if compress else ""
+    for s in images:
+        write_idx(tmp_path / f"{s}-images-idx3-ubyte{suffix}", images[s], compress)
+        write_idx(tmp_path / f"{s}-labels-idx1-ubyte{suffix}", labels[s], compress)
+    ds = data.load_dataset(f"mnist:{tmp_path}")
+    assert ds.x_train.shape == (6, 1, 28, 28) and ds.x_test.shape == (3, 1, 28, 28)
+    np.testing.assert_allclose(ds.x_train[:, 0].numpy() * 255, images["train"], atol=1e-4)
+    np.testing.assert_array_equal(ds.y_test.numpy(), labels["t10k"])
+
+
+def test_idx_reader_rejects_other_files(tmp_path):
+    bad = tmp_path / "train-images-idx3-ubyte"
+    bad.write_bytes(b"PK\x03\x04 this is a zip")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        data.read_idx(bad)
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((1, 2, 2), np.uint8))
+        write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(1, np.uint8))
+        data.mnist(tmp_path)
+
+
+def test_cifar10_binary_and_python_formats(tmp_path):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1], dtype=np.uint8)
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    records = np.concatenate([labels[:, None], pixels.reshape(4, -1)], axis=1)
+    records[:3].tofile(binary / "data_batch_1.bin")
+    records[3:].tofile(binary / "test_batch.bin")
+    ds = data.load_dataset(f"cifar10:{binary}")
+    assert ds.x_train.shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(ds.x_train.numpy() * 255, pixels[:3], atol=1e-3)
+    np.testing.assert_array_equal(ds.y_test.numpy(), [1])
+    python = tmp_path / "py"
+    python.mkdir()
+    for name, sl in (("data_batch_1", slice(0, 3)), ("test_batch", slice(3, 4))):
+        with open(python / name, "wb") as fh:
+            pickle.dump({b"data": pixels[sl].reshape(-1, 3072), b"labels": labels[sl].tolist()}, fh)
+    ds2 = data.cifar10(python)
+    assert torch.equal(ds.x_train, ds2.x_train) and torch.equal(ds.y_train, ds2.y_train)
+
+
+def test_npz_round_trip_and_spec_errors(tmp_path, digits):
+    path = tmp_path / "digits.npz"
+    digits.save_npz(path)
+    again = data.load_dataset(str(path))
+    assert torch.equal(again.x_test, digits.x_test) and torch.equal(again.y_train, digits.y_train)
+    np.savez(tmp_path / "partial.npz", x_train=np.zeros(3))
+    with pytest.raises(ValueError, match="lacks arrays"):
+        data.load_npz(tmp_path / "partial.npz")
+    with pytest.raises(ValueError, match="unknown data set"):
+        data.load_dataset("imagenet")
