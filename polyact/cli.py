@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -88,7 +89,7 @@ def _add_data_and_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
                    help="digits | breast_cancer | FILE.npz | mnist:DIR | fashion_mnist:DIR | cifar10:DIR (default: digits)")
     p.add_argument("--model", default="cnn",
-                   help="zoo architecture to train (mlp, cnn, resnet) or a model file saved by polyact (default: cnn)")
+                   help="zoo architecture to train (mlp, cnn, resnet) or a model / PANN file saved by polyact (default: cnn)")
     p.add_argument("--factory", help="for a plain state-dict file: the architecture as package.module:function")
     p.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments for --factory")
     p.add_argument("--activation", default="relu", help="activation of a zoo model (default: relu)")
@@ -101,21 +102,27 @@ def _load_data_and_model(args: argparse.Namespace):
 
     from .data import load_dataset
     from .models import ARCHITECTURES, build_model, resolve_factory
-    from .storage import load_model
+    from .storage import file_format, load_model, load_pann
     from .trainer import evaluate, train_classifier
 
     data = load_dataset(args.dataset)
     if args.model in ARCHITECTURES:
         torch.manual_seed(args.seed)
         model = build_model(args.model, data.input_shape, data.num_classes, args.activation)
-        train_classifier(model, data, epochs=args.epochs, seed=args.seed, progress=True)
+        train_classifier(model, data, epochs=args.epochs, seed=args.seed, progress=True,
+                         optimizer=getattr(args, "optimizer", "adamw"), lr=getattr(args, "lr", 3e-3),
+                         weight_decay=getattr(args, "weight_decay", 0.0))
     elif args.factory:
         model = resolve_factory(args.factory)(**json.loads(args.factory_kwargs))
         state = torch.load(args.model, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         model.eval()
     else:
-        model = load_model(args.model)
+        try:
+            kind = file_format(args.model)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; for a plain state dict give --factory package.module:function") from exc
+        model = load_pann(args.model) if kind == "pann" else load_model(args.model)
     print(f"{args.model} on {data.name}: test accuracy {evaluate(model, data.x_test, data.y_test):.2f}%",
           file=sys.stderr)
     return data, model
@@ -210,7 +217,83 @@ def _run_tradeoff(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_fit, _add_convert, _add_tradeoff]
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub, "train", "train a model, or fine-tune it robustly into a low-precision PANN",
+        "Without a precision: train a zoo model and save it. With --degree/--bits/--alpha/--tolerance: "
+        "fine-tune a model (or PANN) so that its PANN at that precision keeps its accuracy "
+        "(see polyact.train), and save the PANN.",
+        ["polyact train --model cnn --epochs 20 --out cnn.pt",
+         "polyact train --model cnn.pt --degree 2 --out cnn_deg2.pann",
+         "polyact train --model cnn.pt --alpha 2 --progressive degree --robust-epochs 40 --out cnn_a2.pann",
+         "polyact train --model cnn.pt --bits 5 --perturbation noise --out cnn_noise.pann",
+         "polyact train --model cnn_deg2.pann --trainable-coefficients --robust-epochs 10 --out tuned.pann"],
+    )
+    _add_data_and_model(p)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="for zoo training")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate for zoo training")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="for zoo training (robust training uses none)")
+    p.add_argument("--method", choices=("minimax", "chebyshev", "lsq"), default="minimax")
+    p.add_argument("--degree", type=int, help="target polynomial degree")
+    p.add_argument("--bits", type=float, help="target precision: max error 2^-bits max|interval|")
+    p.add_argument("--alpha", type=float, help="target composite sign precision (relu)")
+    p.add_argument("--tolerance", type=float, help="target max error per activation")
+    p.add_argument("--perturbation", choices=("polynomial", "noise", "none"), default="polynomial")
+    p.add_argument("--noise-bits", type=float, help="noise magnitude 2^-bits max|interval| (default: the target)")
+    p.add_argument("--range-penalty", type=float, default=1.0, help="weight of the out-of-interval penalty")
+    p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta parameter (0 disables)")
+    p.add_argument("--robust-weight-decay", type=float, default=0.0, help="weight decay while fine-tuning")
+    p.add_argument("--progressive", choices=("layers", "degree"), help="replace layers one by one or lower precision stepwise")
+    p.add_argument("--trainable-coefficients", action="store_true", help="learn the polynomial coefficients too")
+    p.add_argument("--robust-epochs", type=int, default=30)
+    p.add_argument("--robust-lr", type=float, default=3e-3)
+    p.add_argument("--out", help="write the model (plain training) or the PANN (robust) to this file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .modules import OutOfRangeWarning, out_of_range_fraction, polyact_layers
+    from .storage import save_model, save_pann
+    from .train import robust_finetune
+    from .trainer import evaluate
+
+    data, model = _load_data_and_model(args)
+    targets = {k: getattr(args, k) for k in ("degree", "bits", "alpha", "tolerance")}
+    if all(v is None for v in targets.values()) and not polyact_layers(model):
+        if args.out:
+            save_model(model, args.out)
+        accuracy = evaluate(model, data.x_test, data.y_test)
+        print(json.dumps({"test_accuracy": accuracy, "out": args.out}) if args.json
+              else f"test accuracy {accuracy:.2f}%" + (f"; model written to {args.out}" if args.out else ""))
+        return 0
+    result = robust_finetune(
+        model, data, method=args.method, **targets,
+        perturbation=None if args.perturbation == "none" else args.perturbation, noise_bits=args.noise_bits,
+        range_penalty=args.range_penalty, mixup=args.mixup, weight_decay=args.robust_weight_decay,
+        progressive=args.progressive, trainable_coefficients=args.trainable_coefficients,
+        epochs=args.robust_epochs, lr=args.robust_lr, seed=args.seed,
+    )
+    if args.out:
+        save_pann(result.pann, args.out, input_shape=data.input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)  # reported below
+        accuracy = evaluate(result.pann, data.x_test, data.y_test)
+    outside = out_of_range_fraction(result.pann)
+    if args.json:
+        print(json.dumps({"test_accuracy": accuracy, "out_of_range": outside, "stages": [vars(s) for s in result.stages],
+                          "report": result.report.to_dict() if result.report else None, "out": args.out}))
+        return 0
+    for stage in result.stages:
+        print(f"stage {stage.label}: {stage.epochs} epochs, test accuracy {stage.test_accuracy:.2f}%")
+    if result.report is not None:
+        print(result.report.table())
+    print(f"robust PANN test accuracy: {accuracy:.2f}%; {100 * outside:.3f}% of activation inputs outside "
+          "their intervals" + (f"; written to {args.out}" if args.out else ""))
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_fit, _add_convert, _add_train, _add_tradeoff]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,12 +49,15 @@ CalibrationData = Union[torch.Tensor, Dataset, Iterable]
 
 @dataclass(frozen=True)
 class FitConfig:
-    """How to fit one activation. Exactly one of ``degree``, ``tolerance`` and ``alpha`` (the
-    latter for relu/abs/sign only, giving a composite) decides the polynomial."""
+    """How to fit one activation. One of ``degree``, ``tolerance`` (max error), ``bits`` (max
+    error ``2^-bits max(|a|, |b|)``, relative to the interval) and ``alpha`` (composite sign
+    precision, relu/abs/sign only) decides the polynomial; the lowest degree meeting a
+    tolerance is used."""
 
     method: str = "minimax"
     degree: int | None = None
     tolerance: float | None = None
+    bits: float | None = None
     alpha: float | None = None
     eps: float | None = None
     margin: float = 0.1
@@ -127,11 +130,14 @@ def _fit_interval(target: nn.Module, interval: tuple[float, float], cfg: FitConf
     if cfg.method == "composite":
         raise ValueError(f"{site.name}: method='composite' needs alpha= (precision bits) for {site.target}")
     weights = stats.histogram(interval) if cfg.method == "lsq" else None
-    if cfg.tolerance is not None:
-        return fit_to_tolerance(target, interval, cfg.tolerance, cfg.method, weights=weights)
+    tolerance = cfg.tolerance
+    if cfg.bits is not None:
+        tolerance = 2.0 ** (-cfg.bits) * max(abs(interval[0]), abs(interval[1]))
+    if tolerance is not None:
+        return fit_to_tolerance(target, interval, tolerance, cfg.method, weights=weights)
     if cfg.degree is None:
         hint = " (alpha applies to relu, abs and sign only)" if cfg.alpha is not None else ""
-        raise ValueError(f"{site.name} ({site.target}): give degree= or tolerance={hint}")
+        raise ValueError(f"{site.name} ({site.target}): give degree=, tolerance= or bits={hint}")
     return fit(target, interval, cfg.degree, cfg.method, weights=weights)
 
 
@@ -144,9 +150,9 @@ def _fit_site(site: Site, stats: ActivationStats, cfg: FitConfig) -> tuple[Polyn
     if composite or cfg.method == "lsq" or stats.channel_min is None:
         raise ValueError(f"{site.name}: per-channel fits support minimax and chebyshev with degree= or tolerance=")
     intervals = [choose_interval(lo, hi, cfg.margin) for lo, hi in zip(stats.channel_min, stats.channel_max)]
-    if cfg.tolerance is not None:  # one degree (one schedule) for every channel: the largest needed
-        degree = max(fit_to_tolerance(site.activation, iv, cfg.tolerance, cfg.method).degree for iv in intervals)
-        cfg = replace(cfg, degree=degree, tolerance=None)
+    if cfg.tolerance is not None or cfg.bits is not None:  # one degree (one schedule) for all channels
+        degree = max(_fit_interval(site.activation, iv, cfg, stats, site).degree for iv in intervals)
+        cfg = replace(cfg, degree=degree, tolerance=None, bits=None)
     polys = [_fit_interval(site.activation, iv, cfg, stats, site) for iv in intervals]
     return polys, (min(iv[0] for iv in intervals), max(iv[1] for iv in intervals))
 
@@ -172,6 +178,7 @@ def convert(
     method: str = "minimax",
     degree: int | None = None,
     tolerance: float | None = None,
+    bits: float | None = None,
     alpha: float | None = None,
     eps: float | None = None,
     margin: float = 0.1,
@@ -179,6 +186,7 @@ def convert(
     percentile: float = 99.99,
     per_channel: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
+    layers: Iterable[str] | None = None,
     maxpool: str = "avg",
     use_fx: bool = True,
     batch_size: int = 256,
@@ -192,31 +200,42 @@ def convert(
     calib_data : input tensor, a :class:`polyact.data.Dataset` (a calibration subset of its
         training inputs), or an iterable of batches (tensors or ``(x, y)`` pairs).
     method : ``"minimax"``, ``"chebyshev"`` or ``"lsq"`` (weighted by the observed histogram).
-    degree, tolerance, alpha : the precision: a degree, a max error on the interval, or
-        composite precision bits for relu/abs/sign (with optional gap ``eps``).
+    degree, tolerance, bits, alpha : the precision: a degree, a max error on the interval, a
+        max error ``2^-bits max(|a|, |b|)`` relative to the interval, or composite sign
+        precision bits for relu/abs/sign (with optional gap ``eps``).
     margin : the interval's half-width is the observed half-range times ``1 + margin``.
     range_mode, percentile : cover the observed ``"minmax"`` or a ``"percentile"`` band.
     per_channel : one polynomial per channel (same degree), each on its channel's range.
     overrides : per-layer changes keyed by layer name or activation name, e.g.
         ``{"features.2": {"degree": 31}, "gelu": {"method": "lsq"}}``.
+    layers : convert only these activation layers (names as in the report); the others keep
+        their original function (for progressive replacement).
     maxpool : ``"avg"`` replaces max pooling by average pooling; ``"error"`` rejects it.
     use_fx : trace with torch.fx (else swap activation modules only).
 
     Returns ``(pann, report)``.
     """
-    base = FitConfig(method, degree, tolerance, alpha, eps, margin, range_mode, percentile, per_channel)
-    if degree is None and tolerance is None and alpha is None:
-        raise ValueError("give degree=, tolerance= or alpha= (composite relu) to set the precision")
+    base = FitConfig(method, degree, tolerance, bits, alpha, eps, margin, range_mode, percentile, per_channel)
+    if degree is None and tolerance is None and bits is None and alpha is None:
+        raise ValueError("give degree=, tolerance=, bits= or alpha= (composite relu) to set the precision")
     overrides = overrides or {}
     valid_keys = {f.name for f in fields(FitConfig)}
     for key, change in overrides.items():
         if set(change) - valid_keys:
             raise ValueError(f"overrides[{key!r}] has unknown settings {sorted(set(change) - valid_keys)}; use {sorted(valid_keys)}")
     structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx)
-    known = {s.name for s in structure.sites} | {s.target for s in structure.sites}
+    names = sorted(s.name for s in structure.sites)
+    known = set(names) | {s.target for s in structure.sites}
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"overrides name no activation of this model: {sorted(unknown)}; layers are {sorted(s.name for s in structure.sites)}")
+        raise ValueError(f"overrides name no activation of this model: {sorted(unknown)}; layers are {names}")
+    if layers is not None:
+        chosen = set(layers)
+        if chosen - set(names):
+            raise ValueError(f"layers {sorted(chosen - set(names))} are not activations of this model; layers are {names}")
+        kept = [s for s in structure.sites if s.name not in chosen]
+        structure.sites = [s for s in structure.sites if s.name in chosen]
+        install(Structure(structure.model, kept), lambda site: site.activation)
     observers = calibrate(structure, calib_data, batch_size, progress)
     layers: list[LayerReport] = []
     polys: dict[str, PolyAct] = {}

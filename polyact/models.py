@@ -99,7 +99,8 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """A small ResNet: stem conv, one :class:`BasicBlock` per entry of ``channels`` (stride 2
-    after the first), global average pooling and a linear classifier."""
+    where the width changes, as in ResNet-20's stages), global average pooling and a linear
+    classifier. ``channels=(16,) * 3 + (32,) * 3 + (64,) * 3`` is ResNet-20's layout."""
 
     def __init__(
         self,
@@ -115,8 +116,8 @@ class ResNet(nn.Module):
             get_activation(activation),
         )
         blocks, width = [], channels[0]
-        for i, c in enumerate(channels):
-            blocks.append(BasicBlock(width, c, 1 if i == 0 else 2, activation))
+        for c in channels:
+            blocks.append(BasicBlock(width, c, 1 if c == width else 2, activation))
             width = c
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))

@@ -23,6 +23,10 @@ class OutOfRangeError(ValueError):
     """An input fell outside a polynomial's fitted interval in strict mode."""
 
 
+class OutOfRangeWarning(RuntimeWarning):
+    """Inputs fell outside a polynomial's fitted interval (the counts are kept per layer)."""
+
+
 class PolyAct(nn.Module):
     """Polynomial activation ``p(x)``.
 
@@ -34,6 +38,10 @@ class PolyAct(nn.Module):
     name : the layer's name in the model (for messages).
     strict : raise :class:`OutOfRangeError` when an input leaves the interval.
     monitor : count inputs outside the interval (on by default).
+
+    ``clamp_in_training`` (off by default) clips inputs to the interval in training mode only,
+    so that a polynomial cannot explode while weights move; robust training uses it together
+    with a range penalty. Evaluation is never clipped: it is exactly what CKKS computes.
     """
 
     def __init__(
@@ -76,6 +84,7 @@ class PolyAct(nn.Module):
             self.register_buffer(f"interval_{i}", interval)
         self.strict = strict
         self.monitor = monitor
+        self.clamp_in_training = False
         self.reset_range_counters()
 
     # ---- evaluation -------------------------------------------------------------------
@@ -103,6 +112,9 @@ class PolyAct(nn.Module):
         if self.monitor:
             self._check_range(x)
         s = x
+        if self.training and self.clamp_in_training:
+            low, high = self.bounds(x)
+            s = torch.minimum(torch.maximum(x, low), high)
         for i in range(self.num_stages):
             a, b = self.bounds(x, i)
             coef = getattr(self, f"coef_{i}")
@@ -144,7 +156,7 @@ class PolyAct(nn.Module):
         if self.strict:
             raise OutOfRangeError(message)
         if not self.training and not self._warned:
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            warnings.warn(message, OutOfRangeWarning, stacklevel=3)
             self._warned = True
 
     @property
@@ -257,6 +269,13 @@ def range_report(model: nn.Module) -> dict[str, dict[str, Any]]:
         }
         for name, m in polyact_layers(model).items()
     }
+
+
+def out_of_range_fraction(model: nn.Module) -> float:
+    """Fraction of all monitored activation inputs of ``model`` that fell outside their interval."""
+    layers = polyact_layers(model).values()
+    seen = sum(m.n_seen for m in layers)
+    return sum(m.n_below + m.n_above for m in layers) / seen if seen else 0.0
 
 
 def reset_range_counters(model: nn.Module) -> None:

@@ -67,3 +67,23 @@ def plot_tradeoff(result, path: str | Path) -> Path:
     ax.set_title(f"{result.model}: accuracy vs depth")
     ax.legend()
     return _save(fig, path)
+
+
+def plot_robust(results: list[dict], path: str | Path) -> Path:
+    """Accuracy vs precision alpha (mean +- std) for each training arm, one panel per model
+    and activation, as produced by ``benchmarks/robust_training.py``."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.2), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        for arm, series in result["accuracy"].items():
+            alphas = sorted(series, key=float)
+            means = [series[a][0] for a in alphas]
+            stds = [series[a][1] for a in alphas]
+            ax.errorbar([float(a) for a in alphas], means, yerr=stds, marker="o", capsize=3, label=arm)
+        original = max(result["original"].values())
+        ax.axhline(original - 0.5, color="gray", linestyle=":", linewidth=1, label="original - 0.5 pt")
+        ax.set_title(f"{result['model']} / {result['activation']}")
+        ax.set_xlabel("precision alpha (bits)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(max(0.0, ax.get_ylim()[0]), 100.5)
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -144,9 +144,13 @@ def _trace(model: nn.Module, maxpool: str) -> Structure:
     sites: list[Site] = []
     problems: list[str] = []
     notes: list[str] = []
+    from .modules import PolyAct
+
     for node in list(gm.graph.nodes):
         if node.op == "call_module":
             module = gm.get_submodule(node.target)
+            if isinstance(module, PolyAct):
+                continue  # already polynomial (a partly converted model)
             if activation_name(module) is not None:
                 sites.append(Site(node.target, describe(type(module)), module, target_name(module)))
             elif type(module) in MAXPOOL_MODULES and maxpool == "avg":

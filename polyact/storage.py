@@ -57,6 +57,26 @@ def _load(path: str | Path, expected: str) -> dict[str, Any]:
     return payload
 
 
+def copy_metadata(source: nn.Module, target: nn.Module) -> nn.Module:
+    """Carry polyact's notes on a model (factory, structure, input shape) over to ``target``
+    (``copy.deepcopy`` of an fx GraphModule does not keep them)."""
+    for key in (FACTORY_ATTR, STRUCTURE_ATTR, INPUT_SHAPE_ATTR):
+        if hasattr(source, key):
+            setattr(target, key, getattr(source, key))
+    return target
+
+
+def file_format(path: str | Path) -> str:
+    """``"pann"`` or ``"model"`` for a file saved by polyact (raises otherwise)."""
+    for kind, expected in (("pann", PANN_FORMAT), ("model", MODEL_FORMAT)):
+        try:
+            _load(path, expected)
+            return kind
+        except ValueError:
+            continue
+    raise ValueError(f"{path} is neither a polyact model ({MODEL_FORMAT}) nor a PANN ({PANN_FORMAT}) file")
+
+
 def save_model(model: nn.Module, path: str | Path, *, factory: str | None = None,
                factory_kwargs: dict[str, Any] | None = None) -> None:
     """Save a trained (non-polynomial) model: state dict plus its factory."""

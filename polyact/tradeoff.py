@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .convert import convert
 from .data import Dataset
-from .modules import polyact_layers
+from .modules import OutOfRangeWarning, out_of_range_fraction, reset_range_counters
 from .trainer import accuracy, predict
 
 
@@ -87,20 +87,16 @@ class TradeoffResult:
 
 
 def _measure(pann: nn.Module, x: torch.Tensor, y: torch.Tensor, reference: torch.Tensor) -> tuple[float, float, float, float]:
-    for layer in polyact_layers(pann).values():
-        layer.reset_range_counters()
+    reset_range_counters(pann)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # out-of-range inputs are counted instead
+        warnings.simplefilter("ignore", OutOfRangeWarning)  # out-of-range inputs are counted instead
         logits = predict(pann, x)
     finite = torch.isfinite(logits).all(1)
     predicted = torch.where(finite, logits.nan_to_num().argmax(1), torch.full_like(y, -1))
     acc = 100.0 * (predicted == y).float().mean().item()
     agree = 100.0 * (predicted == reference.argmax(1)).float().mean().item()
     error = (logits - reference).abs().max().item() if finite.all() else float("inf")
-    layers = polyact_layers(pann).values()
-    seen = sum(m.n_seen for m in layers)
-    outside = sum(m.n_below + m.n_above for m in layers) / seen if seen else 0.0
-    return acc, agree, error, outside
+    return acc, agree, error, out_of_range_fraction(pann)
 
 
 def sweep(

@@ -2,6 +2,7 @@
 and extra loss terms), plus evaluation helpers."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -12,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset
+from .modules import OutOfRangeWarning
 
 
 @dataclass
@@ -49,6 +51,8 @@ def train_classifier(
     epochs: int = 30,
     lr: float = 3e-3,
     weight_decay: float = 0.0,
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
     batch_size: int = 64,
     mixup: float = 0.0,
     extra_loss: Callable[[], torch.Tensor] | None = None,
@@ -56,18 +60,27 @@ def train_classifier(
     seed: int = 0,
     progress: bool = False,
 ) -> TrainHistory:
-    """Train ``model`` in place with AdamW and a cosine learning-rate schedule.
+    """Train ``model`` in place with a cosine learning-rate schedule.
 
-    ``weight_decay`` is decoupled (AdamW). ``mixup > 0`` mixes pairs of samples with
+    ``optimizer="adamw"`` (decoupled ``weight_decay``) or ``"sgd"`` (Nesterov ``momentum``,
+    ``weight_decay`` as an L2 penalty, the usual CNN recipe). ``mixup > 0`` mixes pairs of samples with
     ``lambda ~ Beta(mixup, mixup)``. ``extra_loss()`` is added to each batch's loss after the
-    forward pass (e.g. a range penalty collected by hooks).
+    forward pass (e.g. a range penalty collected by hooks). Batches with a non-finite loss are
+    skipped; too many of them raise ``RuntimeError``.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
+                              weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
     steps = epochs * max(1, (len(data.x_train) + batch_size - 1) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history = TrainHistory()
+    skipped = 0
     bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
     for _ in bar:
         model.train()
@@ -85,16 +98,26 @@ def train_classifier(
                 loss = F.cross_entropy(model(x), y)
             if extra_loss is not None:
                 loss = loss + extra_loss()
-            optimizer.zero_grad()
+            if not torch.isfinite(loss):
+                skipped += 1
+                if skipped > max(10, steps // 10):
+                    raise RuntimeError(
+                        f"training diverged: {skipped} batches gave a non-finite loss; lower the "
+                        "learning rate, raise the precision, or add a range penalty"
+                    )
+                continue
+            opt.zero_grad()
             loss.backward()
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            opt.step()
             schedule.step()
             total += loss.item() * len(idx)
             count += len(idx)
-        history.loss.append(total / count)
-        history.test_accuracy.append(evaluate(model, data.x_test, data.y_test))
+        history.loss.append(total / max(count, 1))
+        with warnings.catch_warnings():  # monitoring while weights move; counters stay
+            warnings.simplefilter("ignore", OutOfRangeWarning)
+            history.test_accuracy.append(evaluate(model, data.x_test, data.y_test))
         bar.set_postfix(loss=f"{history.loss[-1]:.3f}", acc=f"{history.test_accuracy[-1]:.1f}")
     model.eval()
     return history

@@ -80,7 +80,7 @@ def test_convert_accepts_saved_models_and_state_dicts_with_a_factory(tmp_path, c
     assert main(["convert", "--model", str(tmp_path / "weights.pt"), "--factory", "polyact.models:build_model",
                  "--factory-kwargs", kwargs, "--degree", "5"]) == 0
     assert main(["convert", "--model", str(tmp_path / "weights.pt"), "--degree", "5"]) == 2
-    assert "not a polyact-model/1 file" in capsys.readouterr().err
+    assert "give --factory" in capsys.readouterr().err
 
 
 def test_tradeoff_writes_csv_plot_and_json(tmp_path, capsys):
@@ -92,3 +92,18 @@ def test_tradeoff_writes_csv_plot_and_json(tmp_path, capsys):
     assert len(result["rows"]) == 4 and {r["method"] for r in result["rows"]} == {"minimax", "lsq"}
     assert len(csv_path.read_text().splitlines()) == 5
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_plain_then_robust_then_fine_tune_a_pann(tmp_path, capsys):
+    model, pann, tuned = tmp_path / "m.pt", tmp_path / "m.pann", tmp_path / "t.pann"
+    assert main(["train", "--model", "mlp", "--epochs", "3", "--out", str(model), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["test_accuracy"] > 50 and model.exists()
+    assert main(["train", "--model", str(model), "--degree", "3", "--robust-epochs", "2", "--out", str(pann), "--json"]) == 0
+    robust = json.loads(capsys.readouterr().out)
+    assert robust["report"]["layers"][0]["degree"] == 3 and len(robust["stages"]) == 1
+    assert main(["train", "--model", str(pann), "--trainable-coefficients", "--robust-epochs", "1", "--out", str(tuned)]) == 0
+    assert "fine-tune PANN" in capsys.readouterr().out
+    from polyact.storage import load_pann
+
+    assert load_pann(tuned).polyact_input_shape == [1, 8, 8]

@@ -162,7 +162,7 @@ def test_out_of_range_inputs_are_detected_reported_and_strict_mode_raises():
         pann(10 * x)
 
 
-@pytest.mark.filterwarnings("ignore:PolyAct")  # a few test inputs fall outside the calibrated ranges
+@pytest.mark.filterwarnings("ignore::polyact.modules.OutOfRangeWarning")  # a few test inputs leave the calibrated ranges
 def test_save_and_load_give_identical_outputs(tmp_path, digits, digits_cnn):
     pann, _ = convert(digits_cnn, digits, degree=7, per_channel=True)
     path = tmp_path / "cnn.pann"
@@ -280,5 +280,5 @@ def test_untraceable_models_fall_back_to_module_swapping():
 
 
 def test_precision_is_required():
-    with pytest.raises(ValueError, match="degree=, tolerance= or alpha="):
+    with pytest.raises(ValueError, match="degree=, tolerance=, bits= or alpha="):
         convert(Functional(), X)

@@ -1,0 +1,307 @@
+"""Robust training: PANNs that keep their accuracy with cheap, low-precision polynomials.
+
+Why. In a PANN every activation carries an approximation error, and the rest of the network
+sees it as a perturbation (Zhang, Fan, Au, Yiu: "Neural Networks with (Low-Precision)
+Polynomial Approximations: New Insights and Techniques for Accuracy Improvement", 2024). Two
+findings drive the techniques here: a network is susceptible to such perturbations (for ReLU
+mostly through the error on negative inputs, where the exact activation is 0 and the error
+leaks into every later layer), and weight decay lowers a PANN's accuracy. A network trained to
+tolerate the error keeps its accuracy with a lower-precision, cheaper polynomial (lower degree,
+lower CKKS depth).
+
+Techniques (each switchable in :class:`RobustConfig`):
+
+``perturbation="polynomial"``
+    Train through the target polynomials themselves: the PANN at the target precision is the
+    model being trained, so the network learns the exact error it will meet.
+``perturbation="noise"``
+    Keep the original activations and add ``2^-noise_bits B xi``, ``xi ~ U[-1, 1]``, where
+    ``B = max(|a|, |b|)`` of the layer's interval; for ReLU-like activations only on negative
+    inputs, as the real error's harm is there. Cheap, and one trained model serves every
+    precision finer than the noise.
+``range_penalty``
+    ``lambda mean(((x - b)_+ + (a - x)_+)^2 / h^2)`` over each activation's inputs (``h`` the
+    interval half-width): zero inside ``[a, b]``, quadratic outside, so encrypted inputs stay
+    where the polynomial is accurate.
+``weight_decay=0`` and ``mixup``
+    No weight decay by default (it shrinks the signal relative to the fixed approximation
+    error); mixup regularises instead.
+``progressive="layers"`` or ``"degree"``
+    Replace one activation at a time, or lower the precision step by step, re-calibrating and
+    fine-tuning briefly between steps.
+``trainable_coefficients``
+    Polynomial coefficients become parameters, initialised from the fit; intervals stay fixed
+    so degree and depth do not change.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .calibrate import choose_interval
+from .convert import calibrate, convert
+from .data import Dataset
+from .modules import PolyAct, polyact_layers
+from .report import ConversionReport
+from .rewrite import ActivationSlot, install, prepare_structure
+from .storage import copy_metadata
+from .trainer import evaluate, train_classifier
+
+PERTURBATIONS = ("polynomial", "noise", None)
+PROGRESSIVE = ("layers", "degree", None)
+NEGATIVE_SIDE = ("relu", "leaky_relu", "elu", "selu", "hardswish")
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    """Target precision (as in :func:`polyact.convert`), techniques, and optimisation."""
+
+    method: str = "minimax"
+    degree: int | None = None
+    bits: float | None = None
+    alpha: float | None = None
+    tolerance: float | None = None
+    margin: float = 0.1
+    per_channel: bool = False
+    perturbation: str | None = "polynomial"
+    noise_bits: float | None = None
+    range_penalty: float = 1.0
+    weight_decay: float = 0.0
+    mixup: float = 0.2
+    progressive: str | None = None
+    trainable_coefficients: bool = False
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 64
+    seed: int = 0
+
+    def precision(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`polyact.convert` fixing the final PANN."""
+        keys = ("method", "degree", "bits", "alpha", "tolerance", "margin", "per_channel")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class Stage:
+    """One training stage: what was trained and the test accuracy after it."""
+
+    label: str
+    epochs: int
+    test_accuracy: float
+
+
+@dataclass
+class RobustResult:
+    """The robust PANN, its conversion report, and the stages that produced it."""
+
+    pann: nn.Module
+    report: ConversionReport | None
+    stages: list[Stage] = field(default_factory=list)
+
+
+def range_penalty(x: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
+    """``mean(((x - high)_+ + (low - x)_+)^2) / h^2`` with ``h = (high - low) / 2``."""
+    excess = torch.relu(x - high) + torch.relu(low - x)
+    half = (torch.as_tensor(high) - torch.as_tensor(low)) / 2.0
+    return (excess / half).pow(2).mean()
+
+
+class RangePenalty:
+    """Collects :func:`range_penalty` of every watched module's input during a forward pass;
+    calling it returns ``weight`` times their mean and starts over."""
+
+    def __init__(self, intervals: dict[nn.Module, Any], weight: float) -> None:
+        self.weight = weight
+        self.terms: list[torch.Tensor] = []
+        self.handles = [m.register_forward_pre_hook(self._hook(bounds)) for m, bounds in intervals.items()]
+
+    def _hook(self, bounds: Any):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if module.training:
+                low, high = bounds(args[0]) if callable(bounds) else bounds
+                self.terms.append(range_penalty(args[0], low, high))
+        return hook
+
+    def __call__(self) -> torch.Tensor:
+        total = torch.stack(self.terms).mean() if self.terms else torch.zeros(())
+        self.terms = []
+        return self.weight * total
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class PerturbedActivation(nn.Module):
+    """``f(x) + magnitude * xi`` with ``xi ~ U[-1, 1]`` in training mode (only where ``x < 0``
+    if ``negative_only``); exactly ``f(x)`` in eval mode."""
+
+    def __init__(self, activation: nn.Module, magnitude: float, negative_only: bool) -> None:
+        super().__init__()
+        self.activation = activation
+        self.magnitude = float(magnitude)
+        self.negative_only = negative_only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.activation(x)
+        if not self.training or self.magnitude == 0:
+            return y
+        noise = self.magnitude * (2.0 * torch.rand_like(y) - 1.0)
+        if self.negative_only:
+            noise = noise * (x < 0)
+        return y + noise
+
+
+def _copy_weights(source: nn.Module, target: nn.Module) -> None:
+    """Copy every parameter and buffer the two models share (by name and shape)."""
+    mine = target.state_dict()
+    shared = {k: v for k, v in source.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    target.load_state_dict(shared, strict=False)
+
+
+def _noise_bits(cfg: RobustConfig) -> float:
+    for value in (cfg.noise_bits, cfg.bits, cfg.alpha):
+        if value is not None:
+            return float(value)
+    raise ValueError("perturbation='noise' needs noise_bits= (or bits= / alpha= to derive it)")
+
+
+def _perturbed(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any]]:
+    """``master``'s structure with noisy activations, and each activation's interval."""
+    structure = prepare_structure(master)
+    observers = calibrate(structure, data.calibration())
+    bits = _noise_bits(cfg)
+    intervals: dict[nn.Module, Any] = {}
+    wrappers: dict[str, nn.Module] = {}
+    for site in structure.sites:
+        stats = observers[site.name].stats()
+        low, high = choose_interval(stats.min, stats.max, cfg.margin)
+        scale = max(abs(low), abs(high))
+        wrappers[site.name] = PerturbedActivation(site.activation, 2.0**-bits * scale, site.target in NEGATIVE_SIDE)
+        intervals[wrappers[site.name]] = (low, high)
+    install(structure, lambda site: wrappers[site.name])
+    return structure.model, intervals
+
+
+def _plain_intervals(master: nn.Module, data: Dataset, margin: float) -> tuple[nn.Module, dict[nn.Module, Any]]:
+    """``master``'s structure with its own activations, and each activation's interval."""
+    structure = prepare_structure(master)
+    observers = calibrate(structure, data.calibration())
+    intervals = {}
+    for name, module in structure.model.named_modules():
+        if isinstance(module, ActivationSlot):
+            stats = observers[name].stats()
+            module.observer = nn.Identity()
+            intervals[module] = choose_interval(stats.min, stats.max, margin)
+    return structure.model, intervals
+
+
+def _schedule(cfg: RobustConfig, sites: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The stages: (label, convert keyword arguments)."""
+    target = cfg.precision()
+    if cfg.progressive == "layers":
+        return [(f"layers {sites[: k + 1]}", {**target, "layers": sites[: k + 1]}) for k in range(len(sites))]
+    if cfg.progressive == "degree":
+        if cfg.degree is not None:
+            degrees = [cfg.degree]
+            while degrees[-1] < 15:
+                degrees.append(2 * degrees[-1] + 1)
+            steps = [{"degree": d} for d in reversed(degrees)]
+        else:
+            key = next(k for k in ("bits", "alpha", "tolerance") if target[k] is not None)
+            factor = (lambda v, i: v * 2.0 ** (-i)) if key == "tolerance" else (lambda v, i: v + i)
+            steps = [{key: factor(target[key], i)} for i in (3, 2, 1, 0)]
+        return [(f"precision {step}", {**target, **step}) for step in steps]
+    return [(f"precision { {k: v for k, v in target.items() if v is not None} }", target)]
+
+
+def _train_stage(model: nn.Module, intervals: dict[nn.Module, Any], data: Dataset, cfg: RobustConfig, epochs: int) -> None:
+    penalty = RangePenalty(intervals, cfg.range_penalty) if cfg.range_penalty > 0 else None
+    try:
+        train_classifier(model, data, epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         batch_size=cfg.batch_size, mixup=cfg.mixup, extra_loss=penalty, seed=cfg.seed)
+    finally:
+        if penalty is not None:
+            penalty.remove()
+
+
+def _polyact_intervals(pann: nn.Module) -> dict[nn.Module, Any]:
+    return {m: m.bounds for m in polyact_layers(pann).values()}
+
+
+def _train_pann(pann: nn.Module, data: Dataset, cfg: RobustConfig, epochs: int) -> None:
+    """Train a PANN through its polynomials, inputs clipped to the intervals while training."""
+    layers = polyact_layers(pann).values()
+    for layer in layers:
+        layer.clamp_in_training = True
+    try:
+        _train_stage(pann, _polyact_intervals(pann), data, cfg, epochs)
+    finally:
+        for layer in layers:
+            layer.clamp_in_training = False
+            layer.reset_range_counters()  # counts from training are not the user's inputs
+
+
+def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None = None, **changes: Any) -> RobustResult:
+    """Fine-tune ``model`` (an original model or a PANN) so that its PANN at the target
+    precision keeps the accuracy; see the module docstring for the techniques.
+
+    Settings come from ``config`` (a :class:`RobustConfig`) updated by keyword arguments, e.g.
+    ``robust_finetune(model, digits, bits=4, epochs=15)``. Returns a :class:`RobustResult`
+    whose ``pann`` is ready for :func:`he_backend.compile`.
+    """
+    valid = {f.name for f in fields(RobustConfig)}
+    if set(changes) - valid:
+        raise ValueError(f"unknown settings {sorted(set(changes) - valid)}; RobustConfig has {sorted(valid)}")
+    cfg = replace(config or RobustConfig(), **changes)
+    if cfg.perturbation not in PERTURBATIONS:
+        raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {cfg.perturbation!r}")
+    if cfg.progressive not in PROGRESSIVE:
+        raise ValueError(f"progressive must be one of {PROGRESSIVE}, got {cfg.progressive!r}")
+    if cfg.weight_decay < 0 or cfg.range_penalty < 0:
+        raise ValueError("weight_decay and range_penalty must be >= 0")
+    master = copy.deepcopy(model)
+    stages: list[Stage] = []
+
+    if polyact_layers(master):  # already a PANN: fine-tune it as it is
+        if cfg.trainable_coefficients:
+            for layer in polyact_layers(master).values():
+                layer.set_trainable(True)
+        _train_pann(master, data, cfg, cfg.epochs)
+        stages.append(Stage("fine-tune PANN", cfg.epochs, evaluate(master, data.x_test, data.y_test)))
+        return RobustResult(copy_metadata(model, master).eval(), None, stages)
+
+    if all(cfg.precision()[k] is None for k in ("degree", "bits", "alpha", "tolerance")):
+        raise ValueError("give the target precision: degree=, bits=, alpha= or tolerance=")
+    if cfg.perturbation != "polynomial" and (cfg.progressive or cfg.trainable_coefficients):
+        raise ValueError("progressive replacement and trainable coefficients train through the "
+                         "polynomials: use perturbation='polynomial'")
+    sites = [s.name for s in prepare_structure(master).sites]
+    schedule = _schedule(cfg, sites) if cfg.perturbation == "polynomial" else [("original activations", {})]
+    per_stage = max(1, cfg.epochs // len(schedule))
+    pann, report = None, None
+    for label, kwargs in schedule:
+        if cfg.perturbation == "polynomial":
+            pann, report = convert(master, data.calibration(), **kwargs)
+            if cfg.trainable_coefficients:
+                for layer in polyact_layers(pann).values():
+                    layer.set_trainable(True)
+            trained = pann
+            _train_pann(pann, data, cfg, per_stage)
+        else:
+            if cfg.perturbation == "noise":
+                trained, intervals = _perturbed(master, data, cfg)
+                label = f"noise 2^-{_noise_bits(cfg):g} B"
+            else:
+                trained, intervals = _plain_intervals(master, data, cfg.margin)
+            _train_stage(trained, intervals, data, cfg, per_stage)
+        stages.append(Stage(label, per_stage, evaluate(trained, data.x_test, data.y_test)))
+        _copy_weights(trained, master)
+    if pann is not None:  # the last stage converted every layer at the target precision
+        return RobustResult(pann.eval(), report, stages)
+    pann, report = convert(master, data.calibration(), **cfg.precision())
+    return RobustResult(pann, report, stages)
