@@ -94,7 +94,7 @@ def max_depth(n: int, scale_bits: int) -> int:
 def choose_params(
     depth: int,
     *,
-    min_scale_bits: int = 25,
+    min_scale_bits: int = 30,
     max_scale_bits: int = DEFAULT_SCALE_BITS,
     slots: int = 1,
     min_n: int = 8192,

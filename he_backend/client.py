@@ -1,0 +1,91 @@
+"""The client: holds the secret key, packs and encrypts inputs, decrypts results."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tenseal.sealapi as sa
+
+from .compile import Plan
+from .keys import KeyHolder
+from .serialization import PayloadError, pack, seal_from_bytes, unpack
+
+CIPHERTEXTS = "ciphertexts"
+RESULTS = "results"
+
+
+def layout_header(plan: Plan) -> dict[str, Any]:
+    """What client and server must agree on, sent with every batch of ciphertexts."""
+    return {"block": plan.block, "input_length": plan.input_length, "output_length": plan.output_length,
+            "poly_modulus_degree": plan.params.poly_modulus_degree, "coeff_bits": list(plan.params.coeff_bits)}
+
+
+class Client:
+    """Keys and packing for one :class:`Plan`. The secret key never leaves this object;
+    :meth:`public_context` is what the server gets."""
+
+    def __init__(self, plan: Plan, keys: KeyHolder | None = None) -> None:
+        self.plan = plan
+        self.keys = keys if keys is not None else KeyHolder(plan.params, plan.rotations)
+        if self.keys.params != plan.params:
+            raise ValueError("these keys were made for other parameters than the plan's")
+
+    def public_context(self) -> bytes:
+        """Parameters and evaluation keys for the server (no secret key)."""
+        return self.keys.public_context()
+
+    def _as_batch(self, x: Any) -> np.ndarray:
+        array = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
+        shape = self.plan.input_shape
+        if array.shape == shape:
+            array = array[None]
+        if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
+            raise ValueError(
+                f"expected inputs of shape (n, {', '.join(map(str, shape))}) or ({', '.join(map(str, shape))}), "
+                f"got {tuple(array.shape)}"
+            )
+        if array.shape[0] == 0:
+            raise ValueError("no inputs to encrypt")
+        if not np.all(np.isfinite(array)):
+            raise ValueError("inputs contain NaN or infinite values")
+        return array.reshape(array.shape[0], -1)
+
+    def encrypt(self, x: Any) -> bytes:
+        """Encrypt samples (an array or tensor of ``(n, *input_shape)`` or one sample): one per
+        ciphertext with sample packing, ``plan.samples_per_ciphertext`` per ciphertext with batch
+        packing."""
+        flat = self._as_batch(x)
+        per = self.plan.samples_per_ciphertext
+        block = self.plan.block
+        blobs = []
+        for start in range(0, len(flat), per):
+            group = flat[start : start + per]
+            slots = np.zeros(len(group) * block)
+            for b, sample in enumerate(group):
+                slots[b * block : b * block + sample.size] = sample
+            blobs.append(self.keys.encrypt_bytes(slots))
+        return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per}, blobs)
+
+    def decrypt(self, data: bytes) -> np.ndarray:
+        """Results of :meth:`he_backend.server.Server.run` as an ``(n, output_length)`` array."""
+        header, blobs = unpack(data, RESULTS)
+        if header.get("block") != self.plan.block or header.get("output_length") != self.plan.output_length:
+            raise PayloadError("these results were computed for another plan than this client's")
+        context = self.keys.engine.context
+        rows = []
+        per, total = header["per_ciphertext"], header["samples"]
+        for i, blob in enumerate(blobs):
+            slots = self.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, context, "result ciphertext"))
+            count = min(per, total - i * per)
+            for b in range(count):
+                rows.append(slots[b * self.plan.block : b * self.plan.block + self.plan.output_length])
+        return np.array(rows)
+
+    def save(self, path: str | Path) -> None:
+        """Write the secret key (private!) so that this client can decrypt later."""
+        Path(path).write_bytes(self.keys.private_bytes())
+
+    @classmethod
+    def load(cls, plan: Plan, path: str | Path) -> "Client":
+        return cls(plan, KeyHolder.from_private_bytes(Path(path).read_bytes()))

@@ -1,0 +1,381 @@
+"""Compile a PANN into an encrypted-inference plan.
+
+``compile(pann, input_shape)`` lowers the PANN to affine maps and polynomials
+(:func:`polyact.graph.lower`), folds everything foldable into the affine maps (each
+polynomial's input map ``t = (2x - a - b) / (b - a)``, the shift and scale of degree-2
+activations, batch normalisation), folds the interval maps between composite stages into the
+stage coefficients, chooses CKKS parameters for the network's depth, assigns every step its
+exact output level and scale, and counts the operations, all before anything is encrypted.
+
+The plan is what the server runs; ``plan.client()`` makes the matching client (keys, packing).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from torch import nn
+
+from polyact.graph import INPUT, AffineNode, PolyGraph, PolyNode, lower
+from polyact.poly import ChebPoly, CompositePoly
+
+from .ckks import Engine
+from .layers import AffineStep, PolyStep, rotation_cost
+from .params import CkksParams, ParameterError, choose_params
+from .serialization import PayloadError, pack, unpack
+
+PLAN_KIND = "plan"
+PACKINGS = ("sample", "batch")
+
+
+def _input_map(polys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per element ``alpha, beta`` with ``t = alpha x + beta`` mapping the first interval to [-1, 1]."""
+    bounds = np.array([p.interval for p in polys], dtype=np.float64)
+    alpha = 2.0 / (bounds[:, 1] - bounds[:, 0])
+    return alpha, -(bounds[:, 1] + bounds[:, 0]) / (bounds[:, 1] - bounds[:, 0])
+
+
+def _stage_matrix(polys: Sequence[ChebPoly]) -> np.ndarray:
+    """Coefficients of one stage: ``(d+1,)`` if shared, else ``(d+1, elements)``."""
+    if len(polys) == 1:
+        return np.array(polys[0].coef, dtype=np.float64)
+    return np.stack([p.coef for p in polys], axis=1)
+
+
+def _square_parts(polys: Sequence[ChebPoly]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``p(t) = A (t + B)^2 + C`` per element for degree-2 series ``c0 + c1 T1 + c2 T2``."""
+    c = np.array([p.coef for p in polys], dtype=np.float64)
+    c0, c1, c2 = c[:, 0], c[:, 1], c[:, 2]
+    return 2.0 * c2, c1 / (4.0 * c2), c0 - c2 - c1**2 / (8.0 * c2)
+
+
+def _poly_step(node: PolyNode) -> tuple[PolyStep, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The step for a polynomial node, its input map (alpha, beta) and output map (A, C)."""
+    polys = node.slot_polynomials()
+    length = int(np.prod(node.shape))
+    alpha, beta = _input_map(polys)
+    out_scale, out_shift = np.ones(1), np.zeros(1)
+    if node.fold_square:
+        a, shift, c = _square_parts(polys)
+        return PolyStep(node.name, node.source, length, "square", []), alpha, beta + shift, a, c
+    first = polys[0]
+    if isinstance(first, CompositePoly):  # composites are shared: one polynomial for all elements
+        matrices = [np.array(stage.coef, dtype=np.float64) for stage in first.stages]
+        for k, nxt in enumerate(first.stages[1:]):  # fold each stage's input map into the previous output
+            (a,), (b,) = _input_map([nxt])
+            matrices[k] = a * matrices[k]
+            matrices[k][0] += b
+        if first.product:
+            bound = first.interval[1]
+            if first.interval[0] != -bound:
+                raise ValueError(f"{node.name}: composite products need a symmetric interval")
+            # relu(x) = t (B/2)(1 + s), |x| = t B s with t = x / B the normalised input
+            matrices[-1] = matrices[-1] * (bound / 2.0 if first.product == "relu" else bound)
+            if first.product == "relu":
+                matrices[-1][0] += bound / 2.0
+        return PolyStep(node.name, node.source, length, "series", matrices, first.product), alpha, beta, out_scale, out_shift
+    return PolyStep(node.name, node.source, length, "series", [_stage_matrix(polys)]), alpha, beta, out_scale, out_shift
+
+
+def _broadcast(values: np.ndarray, length: int) -> np.ndarray:
+    return np.broadcast_to(values, (length,)).astype(np.float64) if values.size == 1 else values.astype(np.float64)
+
+
+@dataclass
+class Plan:
+    """An encrypted-inference plan: parameters, layout, steps with their levels and scales,
+    and operation counts (see :meth:`report`)."""
+
+    params: CkksParams
+    input_shape: tuple[int, ...]
+    block: int
+    baby: int
+    steps: list[AffineStep | PolyStep]
+    output: str
+    output_length: int
+    packing: str = "sample"
+    notes: list[str] = field(default_factory=list)
+
+    # ---- derived ----------------------------------------------------------------------------
+    @property
+    def input_length(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def samples_per_ciphertext(self) -> int:
+        return 1 if self.packing == "sample" else self.params.slots // self.block
+
+    @property
+    def depth(self) -> int:
+        return self.params.depth + 1 - self.output_level
+
+    @property
+    def output_level(self) -> int:
+        by_name = {s.name: s for s in self.steps}
+        return by_name[self.output].level if self.output in by_name else self.params.depth + 1
+
+    @property
+    def rotations(self) -> list[int]:
+        steps = sorted({1, self.baby, -self.baby}) if self.baby > 1 else [1]
+        needs = any(isinstance(s, AffineStep) and not s.identity and any(k != 0 for k in s.offsets) for s in self.steps)
+        return steps if needs else []
+
+    def counts(self) -> list[dict[str, Any]]:
+        """Per step: kind, length, output level, and ciphertext products, plaintext products
+        and rotations per ciphertext."""
+        rows = []
+        for s in self.steps:
+            if isinstance(s, AffineStep):
+                offsets = s.offsets
+                rows.append({"step": s.name, "kind": "identity" if s.identity else "affine", "length": s.length,
+                             "level": s.level, "ct_ct_mults": 0,
+                             "pt_mults": 0 if s.identity else sum(len(d) for d in s.diags),
+                             "rotations": 0 if s.identity else rotation_cost(offsets, self.baby)})
+            else:
+                ct = 1 if s.kind == "square" else sum(p.ct_ct_mults for p in s.plans) + (1 if s.product else 0)
+                pt = 0 if s.kind == "square" else sum(p.pt_mults for p in s.plans)
+                rows.append({"step": s.name, "kind": s.kind, "length": s.length, "level": s.level,
+                             "ct_ct_mults": ct, "pt_mults": pt, "rotations": 0,
+                             "degrees": [p.degree for p in s.plans]})
+        return rows
+
+    def ciphertext_bytes(self, level: int, seeded: bool = False) -> int:
+        """Uncompressed size of a ciphertext at ``level`` (seeded: half, as the client sends)."""
+        n = self.params.poly_modulus_degree
+        return (1 if seeded else 2) * n * level * 8
+
+    def report(self) -> dict[str, Any]:
+        """Depth, parameters, sizes and operation counts, before anything runs."""
+        rows = self.counts()
+        galois = len(self.rotations)
+        top = self.params.depth + 1
+        key_bytes = (top + 1) * top * self.params.poly_modulus_degree * 8  # seeded key-switching key
+        return {
+            "depth": self.depth,
+            "params": self.params.to_dict(),
+            "packing": self.packing,
+            "block": self.block,
+            "samples_per_ciphertext": self.samples_per_ciphertext,
+            "rotations": self.rotations,
+            "input_ciphertext_bytes": self.ciphertext_bytes(top, seeded=True),
+            "output_ciphertext_bytes": self.ciphertext_bytes(self.output_level),
+            "public_context_bytes": key_bytes * (1 + galois),
+            "totals": {k: sum(r[k] for r in rows) for k in ("ct_ct_mults", "pt_mults", "rotations")},
+            "steps": rows,
+            "notes": self.notes,
+        }
+
+    def table(self) -> str:
+        rep = self.report()
+        p = self.params
+        lines = [f"CKKS N={p.poly_modulus_degree}, primes {list(p.coeff_bits)}, scale 2^{p.scale_bits}; "
+                 f"depth {rep['depth']} of {p.depth} levels; block {self.block}, "
+                 f"{self.samples_per_ciphertext} sample(s) per ciphertext ({self.packing} packing)",
+                 f"{'step':<26} {'kind':<9} {'len':>5} {'level':>5} {'ct*ct':>6} {'pt*ct':>6} {'rot':>5}"]
+        for r in rep["steps"]:
+            lines.append(f"{r['step'][:26]:<26} {r['kind']:<9} {r['length']:>5} {r['level']:>5} "
+                         f"{r['ct_ct_mults']:>6} {r['pt_mults']:>6} {r['rotations']:>5}")
+        t = rep["totals"]
+        lines.append(f"totals per ciphertext: {t['ct_ct_mults']} ct*ct, {t['pt_mults']} pt*ct, {t['rotations']} rotations; "
+                     f"input {rep['input_ciphertext_bytes'] / 1e6:.1f} MB, output {rep['output_ciphertext_bytes'] / 1e6:.1f} MB, "
+                     f"keys ~{rep['public_context_bytes'] / 1e6:.0f} MB")
+        return "\n".join(lines)
+
+    def simulate(self, x: np.ndarray) -> np.ndarray:
+        """The plan in float64 without encryption (folded weights, folded stages): the
+        plaintext twin of the whole network, ``(n, *input_shape) -> (n, output_length)``."""
+        from numpy.polynomial import chebyshev as C
+
+        values = {INPUT: np.asarray(x, dtype=np.float64).reshape(len(x), -1)}
+        for s in self.steps:
+            if isinstance(s, AffineStep):
+                values[s.name] = values[s.sources[0]] if s.identity else \
+                    sum(values[src] @ w.T for src, w in zip(s.sources, s.weights)) + s.bias
+                continue
+            t = values[s.source]
+            if s.kind == "square":
+                values[s.name] = t * t
+                continue
+            v = t
+            for coef in s.stages:
+                v = C.chebval(v, coef) if coef.ndim == 1 else np.stack(
+                    [C.chebval(v[:, j], coef[:, j]) for j in range(v.shape[1])], axis=1)
+            values[s.name] = v * t if s.product else v
+        return values[self.output]
+
+    # ---- bytes ------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        arrays: dict[str, np.ndarray] = {}
+        steps = []
+        for i, s in enumerate(self.steps):
+            if isinstance(s, AffineStep):
+                for j, w in enumerate(s.weights):
+                    arrays[f"s{i}_w{j}"] = w
+                arrays[f"s{i}_b"] = s.bias
+                steps.append({"type": "affine", "name": s.name, "sources": s.sources, "length": s.length,
+                              "level": s.level, "scale": s.scale, "identity": s.identity})
+            else:
+                for j, c in enumerate(s.stages):
+                    arrays[f"s{i}_c{j}"] = c
+                steps.append({"type": "poly", "name": s.name, "source": s.source, "length": s.length,
+                              "kind": s.kind, "stages": len(s.stages), "product": s.product,
+                              "level": s.level, "scale": s.scale})
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        header = {"params": self.params.to_dict(), "input_shape": list(self.input_shape), "block": self.block,
+                  "baby": self.baby, "output": self.output, "output_length": self.output_length,
+                  "packing": self.packing, "notes": self.notes, "steps": steps}
+        return pack(PLAN_KIND, header, [buffer.getvalue()])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Plan":
+        header, sections = unpack(data, PLAN_KIND)
+        try:
+            arrays = np.load(io.BytesIO(sections[0]), allow_pickle=False)
+            steps: list[AffineStep | PolyStep] = []
+            for i, s in enumerate(header["steps"]):
+                if s["type"] == "affine":
+                    weights = [arrays[f"s{i}_w{j}"] for j in range(len(s["sources"]))]
+                    steps.append(AffineStep(s["name"], s["sources"], weights, arrays[f"s{i}_b"], s["length"],
+                                            s["level"], s["scale"], s["identity"]))
+                else:
+                    stages = [arrays[f"s{i}_c{j}"] for j in range(s["stages"])]
+                    steps.append(PolyStep(s["name"], s["source"], s["length"], s["kind"], stages, s["product"],
+                                          s["level"], s["scale"]))
+            plan = cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), header["block"],
+                       header["baby"], steps, header["output"], header["output_length"], header["packing"],
+                       header["notes"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise PayloadError(f"corrupted plan: {exc}") from exc
+        plan.prepare()
+        return plan
+
+    def prepare(self) -> None:
+        for s in self.steps:
+            s.prepare() if isinstance(s, AffineStep) else s.prepare(self.params.scale_bits)
+
+    def client(self, **kwargs: Any):
+        """A :class:`he_backend.client.Client` with keys for this plan."""
+        from .client import Client
+
+        return Client(self, **kwargs)
+
+
+def _build_steps(graph: PolyGraph) -> tuple[list[AffineStep | PolyStep], int]:
+    polys: dict[str, tuple[PolyStep, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    consumer: dict[str, str] = {}
+    for node in graph.nodes.values():
+        if isinstance(node, PolyNode):
+            polys[node.name] = _poly_step(node)
+            consumer[node.source] = node.name
+    steps: list[AffineStep | PolyStep] = []
+    for name, node in graph.nodes.items():
+        if isinstance(node, PolyNode):
+            steps.append(polys[name][0])
+            continue
+        m = node.bias.size
+        alpha, beta = np.ones(m), np.zeros(m)
+        if name in consumer:
+            _, a_in, b_in, _, _ = polys[consumer[name]]
+            alpha, beta = _broadcast(a_in, m), _broadcast(b_in, m)
+        weights, bias = [], node.bias.copy()
+        for source, w in zip(node.sources, node.weights):
+            if source in polys:
+                _, _, _, a_out, c_out = polys[source]
+                bias = bias + w @ _broadcast(c_out, w.shape[1])
+                w = w * _broadcast(a_out, w.shape[1])[None, :]
+            weights.append(alpha[:, None] * w)
+        bias = alpha * bias + beta
+        squared = name in consumer and polys[consumer[name]][0].kind == "square"
+        identity = (len(weights) == 1 and weights[0].shape[0] == weights[0].shape[1] and not squared
+                    and np.array_equal(weights[0], np.eye(m)) and not bias.any())
+        steps.append(AffineStep(name, list(node.sources), weights, bias, m, identity=identity))
+    lengths = [int(np.prod(graph.input_shape))] + [s.length for s in steps]
+    return steps, max(lengths)
+
+
+def _choose_baby(steps: list[AffineStep | PolyStep], block: int) -> int:
+    affine = [s for s in steps if isinstance(s, AffineStep) and not s.identity]
+    options = [1 << j for j in range(0, int(math.log2(block)) + 1)]
+    return min(options, key=lambda b: (sum(rotation_cost(s.offsets, b) for s in affine), b))
+
+
+def _assign_levels(steps: list[AffineStep | PolyStep], top: int) -> int:
+    """Output level of every step for inputs at level ``top``; returns the network depth."""
+    level = {INPUT: top}
+    for s in steps:
+        if isinstance(s, AffineStep):
+            s.level = min(level[src] for src in s.sources) - (0 if s.identity else 1)
+        else:
+            s.level = level[s.source] - s.cost
+        level[s.name] = s.level
+    return top - min(level.values())
+
+
+def _assign_scales(steps: list[AffineStep | PolyStep], engine: Engine) -> None:
+    """Every step lands on the parameters' scale, except the inputs of squares, which sit at
+    ``sqrt(scale * prime)`` so that squaring and one rescale give the scale exactly."""
+    by_name = {s.name: s for s in steps}
+    for s in steps:
+        s.scale = engine.params.scale
+    for s in steps:
+        if isinstance(s, PolyStep) and s.kind == "square":
+            source = by_name[s.source]
+            source.scale = math.sqrt(engine.params.scale * engine.prime(source.level))
+
+
+def compile(
+    pann: nn.Module,
+    input_shape: Sequence[int],
+    packing: str = "sample",
+    *,
+    params: CkksParams | None = None,
+    min_scale_bits: int = 30,
+    max_scale_bits: int = 40,
+) -> Plan:
+    """Compile ``pann`` for inputs of ``input_shape`` (no batch axis) into a :class:`Plan`.
+
+    ``packing="sample"``: one sample per ciphertext (latency); ``"batch"``: as many samples as
+    fit in the slots (throughput). Parameters are chosen for the network's depth with a scale
+    between ``min_scale_bits`` and ``max_scale_bits`` unless ``params`` are given (the scale
+    decides the precision: outputs keep roughly ``scale_bits - 15`` bits; a smaller floor
+    allows a smaller, faster ring); a network
+    deeper than 128-bit-secure parameters allow raises :class:`ParameterError` saying how many
+    levels it needs and how many exist.
+    """
+    if packing not in PACKINGS:
+        raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
+    input_shape = tuple(int(v) for v in input_shape)
+    graph = lower(pann, input_shape)
+    steps, longest = _build_steps(graph)
+    block = 1 << max(0, (longest - 1).bit_length())
+    scale_bits = params.scale_bits if params is not None else max_scale_bits
+    for s in steps:
+        s.prepare() if isinstance(s, AffineStep) else s.prepare(scale_bits)
+    depth = _assign_levels(steps, 0)
+    notes = list(graph.notes)
+    if depth < graph.depth:
+        notes.append(f"depth {depth} < nominal {graph.depth}: negligible leading coefficients were dropped")
+    if params is None:
+        params = choose_params(depth, min_scale_bits=min_scale_bits, max_scale_bits=max_scale_bits, slots=block)
+        for s in steps:  # re-plan at the chosen scale (it decides which coefficients are negligible)
+            if isinstance(s, PolyStep):
+                s.prepare(params.scale_bits)
+        depth = _assign_levels(steps, 0)
+    if params.depth < depth:
+        raise ParameterError(
+            f"the network needs {depth} levels but the given parameters have {params.depth}; "
+            "lower the polynomial degrees or give parameters with more levels"
+        )
+    if block > params.slots:
+        raise ParameterError(f"a layer has {longest} values but N = {params.poly_modulus_degree} has only {params.slots} slots")
+    _assign_levels(steps, params.depth + 1)
+    _assign_scales(steps, Engine(params))
+    output_length = graph.nodes[graph.output].bias.size if isinstance(graph.nodes[graph.output], AffineNode) \
+        else int(np.prod(graph.nodes[graph.output].shape))
+    return Plan(params, input_shape, block, _choose_baby(steps, block), steps, graph.output, output_length,
+                packing, notes)

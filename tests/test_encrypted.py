@@ -1,0 +1,193 @@
+"""Encrypted inference: compiled plans against the plaintext PANN, depth bookkeeping, the
+client/server split (no secret key on the server) and clear errors on bad bytes."""
+import copy
+
+import numpy as np
+import pytest
+import tenseal as ts
+import torch
+
+import he_backend
+from he_backend.params import MAX_LOG_Q, CkksParams
+from polyact.convert import convert
+
+
+def _pann(model, digits, **options):
+    pann, report = convert(model, digits, **options)
+    return pann.double().eval(), report
+
+
+def _reference(pann, x):
+    with torch.no_grad():
+        return pann(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+
+def precision_bits(out, ref):
+    """Correct bits relative to the largest output: -log2(max |error| / max |ref|)."""
+    return float(-np.log2(np.abs(out - ref).max() / np.abs(ref).max()))
+
+
+@pytest.fixture(scope="module")
+def mlp_plan(digits, digits_mlp):
+    pann, report = _pann(digits_mlp, digits, degree=7)
+    return pann, report, he_backend.compile(pann, digits.input_shape)
+
+
+@pytest.fixture(scope="module")
+def mlp_pair(mlp_plan):
+    _, _, plan = mlp_plan
+    client = plan.client()
+    server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context())
+    return client, server
+
+
+# ---- the plan in plaintext ------------------------------------------------------------------
+@pytest.mark.parametrize("fixture, options", [("digits_mlp", {"degree": 7}), ("digits_cnn", {"degree": 5}),
+                                              ("digits_cnn", {"degree": 2}), ("digits_resnet", {"degree": 3}),
+                                              ("digits_mlp", {"alpha": 5})])
+def test_plan_twin_equals_the_pann_and_depth_matches_the_report(request, digits, fixture, options):
+    pann, report = _pann(request.getfixturevalue(fixture), digits, **options)
+    plan = he_backend.compile(pann, digits.input_shape)
+    x = digits.x_test[:32].numpy()
+    np.testing.assert_allclose(plan.simulate(x), _reference(pann, x), rtol=1e-9, atol=1e-9)
+    assert plan.depth == report.depth <= plan.params.depth
+    p = plan.params
+    assert p.log_q <= MAX_LOG_Q[p.poly_modulus_degree]  # 128-bit security bound
+    assert 2 * plan.block <= p.poly_modulus_degree
+
+
+def test_plan_bytes_round_trip(mlp_plan, digits):
+    _, _, plan = mlp_plan
+    again = he_backend.Plan.from_bytes(plan.to_bytes())
+    x = digits.x_test[:8].numpy()
+    np.testing.assert_array_equal(again.simulate(x), plan.simulate(x))
+    assert again.report() == plan.report()
+    assert "depth" in plan.table() and plan.report()["totals"]["ct_ct_mults"] > 0
+
+
+def test_too_deep_for_the_given_parameters_names_levels(mlp_plan, digits):
+    pann, report, _ = mlp_plan
+    with pytest.raises(he_backend.ParameterError, match=f"needs {report.depth} levels but the given parameters have 2"):
+        he_backend.compile(pann, digits.input_shape, params=CkksParams(8192, (40, 30, 30, 40), 30))
+
+
+def test_too_deep_for_any_secure_ring_suggests_lower_degrees():
+    with pytest.raises(he_backend.ParameterError, match="lower the polynomial degrees"):
+        he_backend.choose_params(40)
+
+
+def test_bad_packing_and_bad_input_shape(mlp_plan, mlp_pair, digits):
+    pann, _, plan = mlp_plan
+    with pytest.raises(ValueError, match="packing must be one of"):
+        he_backend.compile(pann, digits.input_shape, packing="rows")
+    client, _ = mlp_pair
+    with pytest.raises(ValueError, match=r"expected inputs of shape \(n, 1, 8, 8\)"):
+        client.encrypt(np.zeros((2, 64)))
+    with pytest.raises(ValueError, match="NaN"):
+        client.encrypt(np.full((1, 1, 8, 8), np.nan))
+
+
+# ---- encrypted ------------------------------------------------------------------------------
+def test_encrypted_mlp_matches_the_pann(mlp_plan, mlp_pair, digits):
+    pann, _, plan = mlp_plan
+    client, server = mlp_pair
+    x = digits.x_test[:6].numpy()
+    out = client.decrypt(server.run(client.encrypt(x)))
+    ref = _reference(pann, x)
+    assert out.shape == ref.shape == (6, 10)
+    assert precision_bits(out, ref) > 14
+    assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+def test_consumed_depth_equals_the_plan(mlp_plan, mlp_pair, digits):
+    _, _, plan = mlp_plan
+    client, server = mlp_pair
+    ct = client.keys.encrypt(np.zeros(plan.block))
+    out = server.evaluate(ct)
+    engine = server.engine
+    assert engine.level(ct) - engine.level(out) == plan.depth
+    assert out.scale == plan.params.scale
+
+
+def test_another_secret_key_cannot_decrypt(mlp_plan, mlp_pair, digits):
+    _, _, plan = mlp_plan
+    client, server = mlp_pair
+    x = digits.x_test[:1].numpy()
+    result = server.run(client.encrypt(x))
+    stranger = plan.client()  # same parameters, its own keys
+    wrong = stranger.decrypt(result)
+    right = client.decrypt(result)
+    assert np.abs(wrong - right).max() > 1e3 * np.abs(right).max()
+
+
+def test_server_refuses_secret_keys(mlp_plan, mlp_pair, tmp_path):
+    _, _, plan = mlp_plan
+    client, _ = mlp_pair
+    client.save(tmp_path / "client.key")
+    with pytest.raises(he_backend.SecretKeyRefused, match="secret key"):
+        he_backend.Server(plan, (tmp_path / "client.key").read_bytes())
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[40, 30, 40])
+    with pytest.raises(he_backend.SecretKeyRefused, match="save_secret_key=False"):
+        he_backend.Server(plan, context.serialize(save_secret_key=True))
+    with pytest.raises(he_backend.PayloadError, match="TenSEAL contexts are not accepted"):
+        he_backend.Server(plan, context.serialize(save_secret_key=False))
+
+
+def test_saved_client_decrypts_later(mlp_plan, mlp_pair, digits, tmp_path):
+    _, _, plan = mlp_plan
+    client, server = mlp_pair
+    result = server.run(client.encrypt(digits.x_test[:1].numpy()))
+    client.save(tmp_path / "client.key")
+    again = he_backend.Client.load(plan, tmp_path / "client.key")
+    np.testing.assert_array_equal(again.decrypt(result), client.decrypt(result))
+
+
+def test_keys_for_other_parameters_are_refused(mlp_plan, digits):
+    _, _, plan = mlp_plan
+    other = copy.deepcopy(plan)
+    other.params = CkksParams(8192, (40, 30, 40), 30)
+    with pytest.raises(he_backend.PayloadError, match="create the keys with plan.client"):
+        he_backend.Server(plan, other.client().public_context())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[: len(b) // 2], "truncated|corrupted|ciphertext"),
+    (lambda b: b[:20], "truncated|corrupted"),
+    (lambda b: b"garbage" * 100, "not a polyact"),
+    (lambda b: b[:-200] + bytes(200), "ciphertext|corrupted"),
+    (lambda b: "text", "expected bytes"),
+])
+def test_malformed_ciphertexts_are_clear_errors(mlp_pair, digits, damage, message):
+    client, server = mlp_pair
+    payload = client.encrypt(digits.x_test[:1].numpy())
+    with pytest.raises(he_backend.PayloadError, match=message):
+        server.run(damage(payload))
+
+
+def test_ciphertexts_for_another_plan_are_refused(mlp_pair, digits, digits_cnn):
+    client, server = mlp_pair
+    pann, _ = _pann(digits_cnn, digits, degree=2)
+    other = he_backend.compile(pann, digits.input_shape).client()
+    with pytest.raises(he_backend.PayloadError, match="another plan"):
+        server.run(other.encrypt(digits.x_test[:1].numpy()))
+    with pytest.raises(he_backend.PayloadError, match="expected a polyact ciphertexts"):
+        server.run(client.public_context())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture, options, packing, count", [
+    ("digits_cnn", {"degree": 7}, "batch", 64),
+    ("digits_cnn", {"degree": 2}, "sample", 2),
+    ("digits_mlp", {"alpha": 4}, "batch", 64),
+    ("digits_resnet", {"degree": 3}, "batch", 16),
+])
+def test_encrypted_networks_agree_with_the_pann(request, digits, fixture, options, packing, count):
+    pann, _ = _pann(request.getfixturevalue(fixture), digits, **options)
+    plan = he_backend.compile(pann, digits.input_shape, packing)
+    client = plan.client()
+    server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context())
+    x = digits.x_test[:count].numpy()
+    out = client.decrypt(server.run(client.encrypt(x)))
+    ref = _reference(pann, x)
+    assert precision_bits(out, ref) > 10
+    assert (out.argmax(1) == ref.argmax(1)).all()
