@@ -1,6 +1,9 @@
 """The client: holds the secret key, packs and encrypts inputs, decrypts results."""
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +92,50 @@ class Client:
     @classmethod
     def load(cls, plan: Plan, path: str | Path) -> "Client":
         return cls(plan, KeyHolder.from_private_bytes(Path(path).read_bytes()))
+
+
+class ServiceError(RuntimeError):
+    """The service answered with an error status; ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class RemoteClient:
+    """A client of the HTTP service (:mod:`he_backend.service`): fetches the plan, makes keys,
+    uploads the public context once (a session), then :meth:`infer` encrypts, posts and
+    decrypts. The secret key stays in this object."""
+
+    def __init__(self, url: str, *, timeout: float = 600.0, client: Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.plan = Plan.from_bytes(self._request("GET", "/plan"))
+        self.client = client or Client(self.plan)
+        self.session = json.loads(self._request("POST", "/sessions", self.client.public_context()))["session"]
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        request = urllib.request.Request(self.url + path, data=body, method=method,
+                                         headers={"Content-Type": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail).get("detail", detail)
+            except (ValueError, AttributeError):
+                pass
+            raise ServiceError(exc.code, str(detail)) from None
+
+    def infer(self, x: Any) -> np.ndarray:
+        """Encrypted inference of ``x`` (``(n, *input_shape)`` or one sample): ``(n, outputs)``."""
+        return self.client.decrypt(self.infer_bytes(self.client.encrypt(x)))
+
+    def infer_bytes(self, payload: bytes) -> bytes:
+        """Post already encrypted bytes; returns the result bytes."""
+        return self._request("POST", f"/sessions/{self.session}/infer", payload)
+
+    def close(self) -> None:
+        """Delete the session on the server."""
+        self._request("DELETE", f"/sessions/{self.session}")

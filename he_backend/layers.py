@@ -19,7 +19,9 @@ finishes it, exactly at the step's target ``(level, scale)``.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -101,17 +103,39 @@ class PolyStep:
         return sum(p.depth for p in self.plans) + (1 if self.product else 0)
 
 
+class PlaintextCache:
+    """Encoded weights and slot-wise polynomial plans, kept up to ``limit_bytes``. They depend
+    on the parameters, not on the keys, so the servers of many sessions of one plan share one
+    (thread-safe) cache."""
+
+    def __init__(self, limit_bytes: int = 2 << 30) -> None:
+        self.limit_bytes = limit_bytes
+        self.bytes = 0
+        self._items: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], Any], size: int = 0) -> Any:
+        """The cached value of ``key``, else ``make()`` (kept if it fits)."""
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+        value = make()
+        with self._lock:
+            if key not in self._items and self.bytes + size <= self.limit_bytes:
+                self._items[key] = value
+                self.bytes += size
+        return value
+
+
 class Runner:
     """Executes affine and polynomial steps with one :class:`Engine` (server side)."""
 
-    def __init__(self, engine: Engine, block: int, baby: int, cache_limit: int = 2 << 30) -> None:
+    def __init__(self, engine: Engine, block: int, baby: int, cache: PlaintextCache | None = None) -> None:
         self.engine = engine
         self.block = block
         self.blocks = engine.slots // block
         self.baby = baby
-        self.cache: dict[tuple, sa.Plaintext] = {}
-        self.cache_bytes = 0
-        self.cache_limit = cache_limit
+        self.cache = cache if cache is not None else PlaintextCache()
         self.poly = PolyEvaluator(engine)
 
     def _slots(self, values: np.ndarray) -> np.ndarray:
@@ -121,14 +145,7 @@ class Runner:
         return np.tile(block, self.blocks)
 
     def _plaintext(self, key: tuple, make) -> sa.Plaintext:
-        if key in self.cache:
-            return self.cache[key]
-        pt = make()
-        size = 8 * self.engine.params.poly_modulus_degree * key[-1]  # bytes at that level
-        if self.cache_bytes + size <= self.cache_limit:
-            self.cache[key] = pt
-            self.cache_bytes += size
-        return pt
+        return self.cache.get(key, make, 8 * self.engine.params.poly_modulus_degree * key[-1])  # bytes at that level
 
     def affine(self, step: AffineStep, values: dict[str, sa.Ciphertext]) -> sa.Ciphertext:
         e = self.engine
@@ -191,8 +208,6 @@ class Runner:
         """Per-element coefficients (a matrix) become slot vectors repeated per block."""
         if plan.coefficients.ndim == 1:
             return plan
-        key = ("plan", id(plan))
-        if key not in self.cache:
-            coef = np.stack([self._slots(c) for c in plan.coefficients])
-            self.cache[key] = plan_polynomial(coef, baby=plan.baby, scale_bits=self.engine.params.scale_bits)
-        return self.cache[key]
+        return self.cache.get(("plan", id(plan)), lambda: plan_polynomial(
+            np.stack([self._slots(c) for c in plan.coefficients]), baby=plan.baby,
+            scale_bits=self.engine.params.scale_bits))

@@ -8,15 +8,16 @@ from .ckks import Engine
 from .client import CIPHERTEXTS, RESULTS, layout_header
 from .compile import Plan
 from .keys import load_public_context
-from .layers import AffineStep, Runner
+from .layers import AffineStep, PlaintextCache, Runner
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
 
 
 class Server:
     """Holds a :class:`Plan` and a public context (refused if it contains a secret key);
-    :meth:`run` maps the client's ciphertext bytes to result bytes."""
+    :meth:`run` maps the client's ciphertext bytes to result bytes. Servers of one plan may
+    share a :class:`~he_backend.layers.PlaintextCache` (encoded weights)."""
 
-    def __init__(self, plan: Plan, public_context: bytes, cache_limit: int = 2 << 30) -> None:
+    def __init__(self, plan: Plan, public_context: bytes, cache: PlaintextCache | None = None) -> None:
         public = load_public_context(public_context)
         if public.params != plan.params:
             raise PayloadError(
@@ -29,7 +30,7 @@ class Server:
         self.plan = plan
         self.engine = Engine(plan.params)
         self.engine.load_keys(public.relin_keys, public.galois_keys)
-        self.runner = Runner(self.engine, plan.block, plan.baby, cache_limit)
+        self.runner = Runner(self.engine, plan.block, plan.baby, cache)
 
     @classmethod
     def from_bytes(cls, plan_bytes: bytes, public_context: bytes, **kwargs) -> "Server":

@@ -1,0 +1,109 @@
+"""The encrypted-inference service under load: requests/s and p50/p95 latency at 1, 4 and 8
+concurrent clients.
+
+Trains and converts the digits MLP (or --model cnn), starts ``polyact serve`` in its own
+process on loopback, and drives it with ``he_backend.client.RemoteClient`` from threads: each
+client has its own keys and session and sends --requests single-image requests (encrypt,
+post, decrypt are all inside the measured latency) to a warm server.
+
+Usage: python benchmarks/bench_service.py [--model mlp] [--concurrency 1 4 8] [--requests 5]
+Ends with one JSON line (a list of dicts).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from he_backend.client import RemoteClient
+from polyact import data, models, trainer
+from polyact.convert import convert
+from polyact.storage import save_pann
+
+
+def start_server(pann_path: Path, args) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "polyact", "serve", str(pann_path), "--port", str(port),
+                                "--min-scale-bits", str(args.min_scale_bits), "--max-sessions", "64"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health").read()
+            return process, url
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.3)
+
+
+def load(url: str, clients: int, requests: int, x: np.ndarray) -> dict:
+    remotes = [RemoteClient(url) for _ in range(clients)]  # keys + session upload, not timed
+    remotes[0].infer(x[0])  # warm the server's shared plaintext cache (the first request encodes the weights)
+
+    def work(c: int) -> list[float]:
+        times = []
+        for r in range(requests):
+            start = time.perf_counter()
+            remotes[c].infer(x[(c * requests + r) % len(x)])
+            times.append(time.perf_counter() - start)
+        return times
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = [t for batch in pool.map(work, range(clients)) for t in batch]
+    wall = time.perf_counter() - start
+    for r in remotes:
+        r.close()
+    return {"clients": clients, "requests": len(latencies), "requests_per_s": len(latencies) / wall,
+            "p50_s": float(np.percentile(latencies, 50)), "p95_s": float(np.percentile(latencies, 95))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
+    parser.add_argument("--degree", type=int, default=7)
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--requests", type=int, default=5, help="requests per client")
+    parser.add_argument("--min-scale-bits", type=int, default=30)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    digits = data.digits()
+    torch.manual_seed(0)
+    model = models.build_model(args.model, digits.input_shape, 10, "relu")
+    trainer.train_classifier(model, digits, epochs=15, seed=0)
+    pann, report = convert(model, digits, degree=args.degree)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pann"
+        save_pann(pann, path, input_shape=digits.input_shape)
+        process, url = start_server(path, args)
+        try:
+            rows = []
+            for clients in args.concurrency:
+                rows.append({"model": args.model, "depth": report.depth, **load(url, clients, args.requests,
+                                                                                   digits.x_test.numpy())})
+                r = rows[-1]
+                print(f"{clients} client(s): {r['requests_per_s']:.2f} requests/s, p50 {r['p50_s']:.2f} s, "
+                      f"p95 {r['p95_s']:.2f} s", flush=True)
+        finally:
+            process.terminate()
+            process.wait(10)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
