@@ -4,6 +4,7 @@ Fit certified polynomial approximations of activations, convert trained PyTorch 
 polynomial form (PANNs), train them to tolerate low-precision approximations, and run them under
 CKKS homomorphic encryption (see :mod:`he_backend`).
 """
+from . import train, tradeoff
 from .activations import available_activations, get_activation
 from .convert import convert
 from .fit import certify, fit, fit_to_tolerance

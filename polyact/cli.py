@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import cli_encrypted
 from .activations import available_activations
 from .fit import METHODS, fit, fit_to_tolerance
 
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in COMMANDS:
         add(sub)
+    for add_encrypted in cli_encrypted.COMMANDS:
+        add_encrypted(sub, _command)
     return parser
 
 
@@ -314,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"polyact {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE

@@ -87,3 +87,19 @@ def plot_robust(results: list[dict], path: str | Path) -> Path:
         ax.set_ylim(max(0.0, ax.get_ylim()[0]), 100.5)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_latency(rows: list[dict], path: str | Path) -> Path:
+    """Encrypted polynomial evaluation time vs degree (rows with ``degree``, ``seconds``,
+    ``depth``), annotated with the depth; write a PNG to ``path``."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    degrees = [r["degree"] for r in rows]
+    ax.plot(degrees, [r["seconds"] for r in rows], marker="o")
+    for r in rows:
+        ax.annotate(f"depth {r['depth']}", (r["degree"], r["seconds"]), textcoords="offset points", xytext=(4, -12))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(degrees, [str(d) for d in degrees])
+    ax.set_xlabel("polynomial degree")
+    ax.set_ylabel("seconds per ciphertext")
+    ax.set_title(f"encrypted polynomial evaluation, N={rows[0].get('N', '?')}")
+    return _save(fig, path)

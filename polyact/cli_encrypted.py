@@ -1,0 +1,203 @@
+"""The encrypted half of the ``polyact`` command: ``demo``, ``compile``, ``encrypt-run``,
+``serve`` and ``bench`` (registered in :mod:`polyact.cli`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _load_pann_file(path: str):
+    from .storage import INPUT_SHAPE_ATTR, load_pann
+
+    pann = load_pann(path).double().eval()
+    shape = getattr(pann, INPUT_SHAPE_ATTR, None)
+    if not shape:
+        raise ValueError(f"{path} does not record its input shape; re-save it with save_pann(..., input_shape=...)")
+    return pann, tuple(shape)
+
+
+def _compile(args: argparse.Namespace):
+    import he_backend
+
+    pann, shape = _load_pann_file(args.pann)
+    return pann, he_backend.compile(pann, shape, args.packing, min_scale_bits=args.min_scale_bits)
+
+
+def add_demo(sub, command) -> None:
+    p = command(
+        sub, "demo", "the whole path on digits: train, convert, robust-train, encrypt, report",
+        "Train the digits CNN, convert it at several degrees, fine-tune robustly, compile the cheapest\n"
+        "setting within --max-loss points, run encrypted inference on test images and write a\n"
+        "report folder (report.md, report.json, PNG plots). No downloads; a few minutes on 2 cores.",
+        ["polyact demo", "polyact demo --out report --activation gelu --samples 128 --json"],
+    )
+    p.add_argument("--out", default="polyact-demo", help="report folder (default: polyact-demo)")
+    p.add_argument("--activation", default="relu", help="activation of the CNN (default: relu)")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
+    p.add_argument("--degrees", nargs="+", type=int, default=[2, 3, 5, 7, 15], help="degrees to convert at")
+    p.add_argument("--max-loss", type=float, default=1.0, help="accuracy points the PANN may lose (default: 1)")
+    p.add_argument("--samples", type=int, default=128, help="test images to run encrypted (default: 128)")
+    p.add_argument("--json", action="store_true", help="print report.json instead of the summary")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    start = time.perf_counter()
+    result = run_demo(args.out, DemoConfig(activation=args.activation, epochs=args.epochs, degrees=args.degrees,
+                                           max_loss=args.max_loss, samples=args.samples))
+    if args.json:
+        print(json.dumps(result.to_dict(), default=str))
+        return 0
+    print(result.summary())
+    print(f"report: {Path(args.out) / 'report.md'} ({time.perf_counter() - start:.0f} s in all)")
+    return 0
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pann", help="a PANN file written by `polyact convert --out` or `polyact train --out`")
+    p.add_argument("--packing", choices=("sample", "batch"), default="sample",
+                   help="one sample per ciphertext (latency, default) or many (throughput)")
+    p.add_argument("--min-scale-bits", type=int, default=30,
+                   help="precision floor: the CKKS scale in bits (default 30; outputs keep ~scale-15 bits)")
+
+
+def add_compile(sub, command) -> None:
+    p = command(
+        sub, "compile", "compile a PANN into an encrypted-inference plan and print its cost",
+        "Choose 128-bit-secure CKKS parameters for the PANN's depth and report depth, parameters,\n"
+        "ciphertext sizes and operation counts per layer before anything is encrypted.",
+        ["polyact compile cnn.pann", "polyact compile cnn.pann --packing batch --out cnn.plan --json"],
+    )
+    _add_plan_options(p)
+    p.add_argument("--out", help="write the plan (what a server runs) to this file")
+    p.add_argument("--json", action="store_true", help="print the plan report as JSON")
+    p.set_defaults(run=_run_compile)
+
+
+def _run_compile(args: argparse.Namespace) -> int:
+    _, plan = _compile(args)
+    if args.out:
+        Path(args.out).write_bytes(plan.to_bytes())
+    print(json.dumps(plan.report()) if args.json else plan.table())
+    return 0
+
+
+def add_encrypt_run(sub, command) -> None:
+    p = command(
+        sub, "encrypt-run", "run a PANN encrypted on test data and compare with plaintext",
+        "Make keys, encrypt test samples, evaluate on a server that holds only the public context\n"
+        "(in this process or a pool of --workers processes), decrypt, and report accuracy,\n"
+        "agreement with the plaintext PANN, precision in bits and time.",
+        ["polyact encrypt-run cnn.pann --dataset digits --samples 64 --packing batch",
+         "polyact encrypt-run mlp.pann --samples 360 --packing batch --workers 2 --json",
+         "polyact encrypt-run mlp.pann --samples 360 --packing batch --workers 4 --ray-address local"],
+    )
+    _add_plan_options(p)
+    p.add_argument("--dataset", default="digits", help="digits | breast_cancer | FILE.npz | mnist:DIR | cifar10:DIR")
+    p.add_argument("--samples", type=int, default=16, help="test samples to run (default: 16)")
+    p.add_argument("--workers", type=int, default=1, help="server processes, or Ray tasks (default: 1)")
+    p.add_argument("--ray-address", help="run the chunks as Ray tasks: 'local' starts a local Ray, "
+                                         "or 'auto' / a cluster address (pip install 'polyact[ray]')")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(run=_run_encrypt_run)
+
+
+def _run_encrypt_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from he_backend.parallel import run_encrypted
+
+    from .data import load_dataset
+
+    pann, plan = _compile(args)
+    data = load_dataset(args.dataset)
+    if args.samples < 1:
+        raise ValueError("--samples must be >= 1")
+    x, y = data.x_test[: args.samples].double(), data.y_test[: args.samples].numpy()
+    with torch.no_grad():
+        reference = pann(x).numpy()
+    result = run_encrypted(plan, x.numpy(), workers=args.workers, ray_address=args.ray_address)
+    out = result.outputs
+    figures = {
+        "samples": len(x), "packing": plan.packing, "workers": args.workers, "depth": plan.depth,
+        "poly_modulus_degree": plan.params.poly_modulus_degree, "scale_bits": plan.params.scale_bits,
+        "accuracy": float((out.argmax(1) == y).mean() * 100),
+        "plaintext_accuracy": float((reference.argmax(1) == y).mean() * 100),
+        "agreement": float((out.argmax(1) == reference.argmax(1)).mean() * 100),
+        "precision_bits": float(-np.log2(np.abs(out - reference).max() / np.abs(reference).max())),
+        **result.seconds,
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    print(plan.table())
+    for key, value in figures.items():
+        print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
+    return 0
+
+
+def add_serve(sub, command) -> None:
+    p = command(
+        sub, "serve", "serve a PANN over HTTP for encrypted inference (no secret key on the server)",
+        "Start the encrypted-inference service (FastAPI + uvicorn). Clients fetch the plan, upload\n"
+        "their public context once (a session), then post ciphertexts; see he_backend.client.RemoteClient.",
+        ["polyact serve cnn.pann --port 8000", "polyact serve mlp.pann --packing batch --host 0.0.0.0 --session-ttl 600"],
+    )
+    _add_plan_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--session-ttl", type=float, default=900.0, help="seconds an idle session lives (default: 900)")
+    p.add_argument("--max-sessions", type=int, default=16, help="sessions held at once (default: 16)")
+    p.add_argument("--max-body-mb", type=float, default=128.0, help="largest request body in MB (default: 128)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from he_backend.service import ServiceLimits, create_app
+
+    _, plan = _compile(args)
+    print(plan.table(), file=sys.stderr)
+    limits = ServiceLimits(session_ttl=args.session_ttl, max_sessions=args.max_sessions,
+                           max_body_bytes=int(args.max_body_mb * 1e6))
+    uvicorn.run(create_app(plan, limits), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def add_bench(sub, command) -> None:
+    p = command(
+        sub, "bench", "time encrypted polynomial evaluation per degree on this machine",
+        "Evaluate a degree-d Chebyshev series on one full ciphertext (depth-optimal schedule) and\n"
+        "print levels, ciphertext products and seconds per degree. The full benchmarks (TenSEAL\n"
+        "comparison, networks, service) are scripts in benchmarks/.",
+        ["polyact bench", "polyact bench --degrees 7 15 31 63 --scale-bits 40 --json"],
+    )
+    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31])
+    p.add_argument("--scale-bits", type=int, default=40)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from he_backend.polyeval import time_polynomial
+
+    rows = [time_polynomial(d, args.scale_bits, repeat=args.repeat) for d in args.degrees]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'degree':>6} {'levels':>6} {'ct*ct':>6} {'N':>6} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['degree']:>6} {r['depth']:>6} {r['ct_ct_mults']:>6} {r['N']:>6} {r['seconds']:>8.3f}")
+    return 0
+
+
+COMMANDS = [add_demo, add_compile, add_encrypt_run, add_serve, add_bench]
