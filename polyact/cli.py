@@ -88,7 +88,8 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 def _add_data_and_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
-                   help="digits | breast_cancer | FILE.npz | mnist:DIR | fashion_mnist:DIR | cifar10:DIR (default: digits)")
+                   help="digits | breast_cancer | FILE.npz | mnist:DIR | fashion_mnist:DIR | cifar10:DIR | images:DIR "
+                        "(one subfolder per class) (default: digits)")
     p.add_argument("--model", default="cnn",
                    help="zoo architecture to train (mlp, cnn, resnet) or a model / PANN file saved by polyact (default: cnn)")
     p.add_argument("--factory", help="for a plain state-dict file: the architecture as package.module:function")
@@ -96,6 +97,16 @@ def _add_data_and_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="relu", help="activation of a zoo model (default: relu)")
     p.add_argument("--epochs", type=int, default=20, help="training epochs of a zoo model (default: 20)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _is_torchscript(path: str) -> bool:
+    import torch
+
+    try:
+        torch.jit.load(path, map_location="cpu")
+    except Exception:  # any failure means "not TorchScript"; the caller reports the real problem
+        return False
+    return True
 
 
 def _load_data_and_model(args: argparse.Namespace):
@@ -122,6 +133,9 @@ def _load_data_and_model(args: argparse.Namespace):
         try:
             kind = file_format(args.model)
         except ValueError as exc:
+            if _is_torchscript(args.model):
+                raise ValueError(f"{args.model} is TorchScript: its compiled code cannot be rewritten into a PANN; "
+                                 "save the state dict and give --factory package.module:function") from exc
             raise ValueError(f"{exc}; for a plain state dict give --factory package.module:function") from exc
         model = load_pann(args.model) if kind == "pann" else load_model(args.model)
     print(f"{args.model} on {data.name}: test accuracy {evaluate(model, data.x_test, data.y_test):.2f}%",

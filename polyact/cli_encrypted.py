@@ -100,7 +100,7 @@ def add_encrypt_run(sub, command) -> None:
          "polyact encrypt-run mlp.pann --samples 360 --packing batch --workers 4 --ray-address local"],
     )
     _add_plan_options(p)
-    p.add_argument("--dataset", default="digits", help="digits | breast_cancer | FILE.npz | mnist:DIR | cifar10:DIR")
+    p.add_argument("--dataset", default="digits", help="digits | breast_cancer | FILE.npz | mnist:DIR | cifar10:DIR | images:DIR")
     p.add_argument("--samples", type=int, default=16, help="test samples to run (default: 16)")
     p.add_argument("--workers", type=int, default=1, help="server processes, or Ray tasks (default: 1)")
     p.add_argument("--ray-address", help="run the chunks as Ray tasks: 'local' starts a local Ray, "

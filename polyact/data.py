@@ -176,12 +176,65 @@ def load_npz(path: str | Path) -> Dataset:
     )
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def _read_class_folders(folder: Path, classes: list[str], mode: str, size: tuple[int, int] | None):
+    from PIL import Image  # Pillow comes with matplotlib
+
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            with Image.open(path) as image:
+                image = image.convert(mode)
+                if size is not None:
+                    image = image.resize(size)
+                xs.append(np.asarray(image, dtype=np.float32) / 255.0)
+            ys.append(label)
+    shapes = {x.shape for x in xs}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: images have different sizes {sorted(shapes)}; resize them or pass size=(W, H)")
+    x = np.stack(xs)
+    return (x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)), np.array(ys)
+
+
+def image_folder(folder: str | Path, *, grayscale: bool | None = None, size: tuple[int, int] | None = None,
+                 test_size: float = 0.2, seed: int = 0) -> Dataset:
+    """Images in one subfolder per class (``FOLDER/<class>/*.png``), or already split as
+    ``FOLDER/train/<class>/`` and ``FOLDER/test/<class>/``. Classes are the sorted subfolder
+    names; pixels are scaled to [0, 1]; ``grayscale`` defaults to whether the first image is
+    single-channel."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of class subfolders")
+    split = (folder / "train").is_dir() and (folder / "test").is_dir()
+    root = folder / "train" if split else folder
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    images = [p for c in classes for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(classes) < 2 or not images:
+        raise ValueError(f"{root} needs at least two class subfolders with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if grayscale is None:
+        from PIL import Image
+
+        with Image.open(images[0]) as first:
+            grayscale = first.mode in ("1", "L", "I", "F", "LA")
+    mode = "L" if grayscale else "RGB"
+    if not split:
+        x, y = _read_class_folders(folder, classes, mode, size)
+        return _split(folder.name, x, y, test_size, seed)
+    train, test = (_read_class_folders(folder / s, classes, mode, size) for s in ("train", "test"))
+    to_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    to_y = lambda a: torch.tensor(a, dtype=torch.int64)  # noqa: E731
+    return Dataset(folder.name, to_x(train[0]), to_y(train[1]), to_x(test[0]), to_y(test[1]))
+
+
 BUILTIN = {"digits": digits, "breast_cancer": breast_cancer}
 
 
 def load_dataset(spec: str) -> Dataset:
     """Resolve a data set: a built-in name (``digits``, ``breast_cancer``), an ``.npz`` file, or
-    ``mnist:FOLDER``, ``fashion_mnist:FOLDER``, ``cifar10:FOLDER``."""
+    ``mnist:FOLDER``, ``fashion_mnist:FOLDER``, ``cifar10:FOLDER``, ``images:FOLDER`` (one
+    subfolder per class, see :func:`image_folder`)."""
     if spec in BUILTIN:
         return BUILTIN[spec]()
     kind, _, folder = spec.partition(":")
@@ -189,9 +242,11 @@ def load_dataset(spec: str) -> Dataset:
         return mnist(folder, kind)
     if folder and kind == "cifar10":
         return cifar10(folder)
+    if folder and kind == "images":
+        return image_folder(folder)
     if spec.endswith(".npz"):
         return load_npz(spec)
     raise ValueError(
         f"unknown data set {spec!r}; use digits, breast_cancer, a .npz file, "
-        "mnist:FOLDER, fashion_mnist:FOLDER or cifar10:FOLDER"
+        "mnist:FOLDER, fashion_mnist:FOLDER, cifar10:FOLDER or images:FOLDER"
     )

@@ -81,6 +81,9 @@ def test_convert_accepts_saved_models_and_state_dicts_with_a_factory(tmp_path, c
                  "--factory-kwargs", kwargs, "--degree", "5"]) == 0
     assert main(["convert", "--model", str(tmp_path / "weights.pt"), "--degree", "5"]) == 2
     assert "give --factory" in capsys.readouterr().err
+    torch.jit.script(model).save(str(tmp_path / "model.ts"))
+    assert main(["convert", "--model", str(tmp_path / "model.ts"), "--degree", "5"]) == 2
+    assert "is TorchScript" in capsys.readouterr().err
 
 
 def test_tradeoff_writes_csv_plot_and_json(tmp_path, capsys):

@@ -91,3 +91,35 @@ def test_npz_round_trip_and_spec_errors(tmp_path, digits):
         data.load_npz(tmp_path / "partial.npz")
     with pytest.raises(ValueError, match="unknown data set"):
         data.load_dataset("imagenet")
+
+
+def _write_images(folder, images, labels, mode):
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (folder / f"class_{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode).save(folder / f"class_{label}" / f"{i}.png")
+
+
+def test_image_folder_reads_class_subfolders(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
+    labels = np.arange(20) % 2
+    _write_images(tmp_path / "gray", gray, labels, "L")
+    ds = data.load_dataset(f"images:{tmp_path / 'gray'}")
+    assert ds.input_shape == (1, 6, 6) and len(ds.x_train) + len(ds.x_test) == 20 and ds.num_classes == 2
+    x = torch.cat([ds.x_train, ds.x_test]).reshape(20, -1)
+    got = {np.round(row * 255).astype(np.uint8).tobytes() for row in x.numpy()}
+    assert got == {g.tobytes() for g in gray}  # every image, every pixel
+
+    rgb = rng.integers(0, 256, size=(8, 5, 5, 3), dtype=np.uint8)
+    _write_images(tmp_path / "split" / "train", rgb[:6], labels[:6], "RGB")
+    _write_images(tmp_path / "split" / "test", rgb[6:], labels[6:], "RGB")
+    split = data.image_folder(tmp_path / "split")
+    assert split.input_shape == (3, 5, 5) and len(split.x_test) == 2
+    np.testing.assert_allclose(split.x_test[0].numpy(), rgb[6].transpose(2, 0, 1) / 255.0, rtol=1e-6)
+    assert split.y_test.tolist() == [0, 1]
+
+    (tmp_path / "empty" / "only").mkdir(parents=True)
+    with pytest.raises(ValueError, match="at least two class subfolders"):
+        data.image_folder(tmp_path / "empty")
