@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as sa
 
-from .compile import Plan
+from .compile import Plan, PlanLayout
 from .keys import KeyHolder
 from .serialization import PayloadError, pack, seal_from_bytes, unpack
 
@@ -18,18 +18,18 @@ CIPHERTEXTS = "ciphertexts"
 RESULTS = "results"
 
 
-def layout_header(plan: Plan) -> dict[str, Any]:
+def layout_header(plan: Plan | PlanLayout) -> dict[str, Any]:
     """What client and server must agree on, sent with every batch of ciphertexts."""
     return {"block": plan.block, "input_length": plan.input_length, "output_length": plan.output_length,
             "poly_modulus_degree": plan.params.poly_modulus_degree, "coeff_bits": list(plan.params.coeff_bits)}
 
 
 class Client:
-    """Keys and packing for one :class:`Plan`. The secret key never leaves this object;
-    :meth:`public_context` is what the server gets."""
+    """Keys and packing for one plan (a :class:`Plan` or just its :class:`PlanLayout`). The
+    secret key never leaves this object; :meth:`public_context` is what the server gets."""
 
-    def __init__(self, plan: Plan, keys: KeyHolder | None = None) -> None:
-        self.plan = plan
+    def __init__(self, plan: Plan | PlanLayout, keys: KeyHolder | None = None) -> None:
+        self.plan = plan.layout() if isinstance(plan, Plan) else plan
         self.keys = keys if keys is not None else KeyHolder(plan.params, plan.rotations)
         if self.keys.params != plan.params:
             raise ValueError("these keys were made for other parameters than the plan's")
@@ -90,7 +90,7 @@ class Client:
         Path(path).write_bytes(self.keys.private_bytes())
 
     @classmethod
-    def load(cls, plan: Plan, path: str | Path) -> "Client":
+    def load(cls, plan: Plan | PlanLayout, path: str | Path) -> "Client":
         return cls(plan, KeyHolder.from_private_bytes(Path(path).read_bytes()))
 
 
@@ -103,14 +103,15 @@ class ServiceError(RuntimeError):
 
 
 class RemoteClient:
-    """A client of the HTTP service (:mod:`he_backend.service`): fetches the plan, makes keys,
+    """A client of the HTTP service (:mod:`he_backend.service`): fetches the plan's layout
+    (parameters and packing, no weights), makes keys,
     uploads the public context once (a session), then :meth:`infer` encrypts, posts and
     decrypts. The secret key stays in this object."""
 
     def __init__(self, url: str, *, timeout: float = 600.0, client: Client | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.plan = Plan.from_bytes(self._request("GET", "/plan"))
+        self.plan = PlanLayout.from_bytes(self._request("GET", "/layout"))
         self.client = client or Client(self.plan)
         self.session = json.loads(self._request("POST", "/sessions", self.client.public_context()))["session"]
 

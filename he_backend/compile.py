@@ -12,7 +12,6 @@ The plan is what the server runs; ``plan.client()`` makes the matching client (k
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -29,6 +28,7 @@ from .params import CkksParams, ParameterError, choose_params
 from .serialization import PayloadError, pack, unpack
 
 PLAN_KIND = "plan"
+LAYOUT_KIND = "plan layout"
 PACKINGS = ("sample", "batch")
 
 
@@ -83,6 +83,45 @@ def _poly_step(node: PolyNode) -> tuple[PolyStep, np.ndarray, np.ndarray, np.nda
 
 def _broadcast(values: np.ndarray, length: int) -> np.ndarray:
     return np.broadcast_to(values, (length,)).astype(np.float64) if values.size == 1 else values.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class PlanLayout:
+    """The public part of a plan, what a client needs to make keys, pack inputs and unpack
+    results: parameters, rotations, shapes and packing. It carries no weights, so a service
+    can hand it to any client without revealing the model."""
+
+    params: CkksParams
+    input_shape: tuple[int, ...]
+    block: int
+    packing: str
+    output_length: int
+    rotations: tuple[int, ...]
+    depth: int
+
+    @property
+    def input_length(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def samples_per_ciphertext(self) -> int:
+        return 1 if self.packing == "sample" else self.params.slots // self.block
+
+    def to_bytes(self) -> bytes:
+        header = {"params": self.params.to_dict(), "input_shape": list(self.input_shape), "block": self.block,
+                  "packing": self.packing, "output_length": self.output_length,
+                  "rotations": list(self.rotations), "depth": self.depth}
+        return pack(LAYOUT_KIND, header, [])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "PlanLayout":
+        header, _ = unpack(data, LAYOUT_KIND)
+        try:
+            return cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), int(header["block"]),
+                       header["packing"], int(header["output_length"]), tuple(header["rotations"]),
+                       int(header["depth"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise PayloadError(f"corrupted plan layout: {exc}") from exc
 
 
 @dataclass
@@ -257,6 +296,11 @@ class Plan:
     def prepare(self) -> None:
         for s in self.steps:
             s.prepare() if isinstance(s, AffineStep) else s.prepare(self.params.scale_bits)
+
+    def layout(self) -> PlanLayout:
+        """The weight-free part a client needs (see :class:`PlanLayout`)."""
+        return PlanLayout(self.params, self.input_shape, self.block, self.packing, self.output_length,
+                          tuple(self.rotations), self.depth)
 
     def client(self, **kwargs: Any):
         """A :class:`he_backend.client.Client` with keys for this plan."""

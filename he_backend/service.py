@@ -3,7 +3,8 @@
 Endpoints (bodies are polyact's binary formats, ``application/octet-stream``):
 
 - ``GET /health`` -> ``{"status": "ok", "sessions": n}``
-- ``GET /plan`` -> the plan bytes (what a client needs to make keys and pack inputs)
+- ``GET /layout`` -> the plan's layout (parameters, rotations, packing; no weights): what a
+  client needs to make keys and pack inputs
 - ``POST /sessions`` with a public context -> ``{"session": id, "expires_in": seconds}``;
   a context with a secret key is refused (403)
 - ``POST /sessions/{id}/infer`` with client ciphertexts -> result ciphertexts
@@ -112,7 +113,7 @@ def create_app(plan: Plan, limits: ServiceLimits | None = None) -> FastAPI:
     limits = limits or ServiceLimits()
     sessions = SessionTable(limits)
     cache = PlaintextCache()
-    plan_bytes = plan.to_bytes()
+    layout_bytes = plan.layout().to_bytes()
     app = FastAPI(title="polyact encrypted inference", description=__doc__)
 
     @app.get("/health")
@@ -120,9 +121,9 @@ def create_app(plan: Plan, limits: ServiceLimits | None = None) -> FastAPI:
         return {"status": "ok", "sessions": len(sessions), "depth": plan.depth,
                 "samples_per_ciphertext": plan.samples_per_ciphertext}
 
-    @app.get("/plan")
-    def get_plan() -> Response:
-        return Response(plan_bytes, media_type=OCTETS)
+    @app.get("/layout")
+    def get_layout() -> Response:
+        return Response(layout_bytes, media_type=OCTETS)
 
     @app.post("/sessions")
     async def create_session(request: Request) -> dict:

@@ -13,6 +13,8 @@ from .poly import ChebPoly, CompositePoly, chebyshev_depth, poly_from_dict, poly
 from .storage import load_model, load_pann, save_model, save_pann
 
 __all__ = [
+    "train",
+    "tradeoff",
     "ChebPoly",
     "CompositePoly",
     "available_activations",

@@ -10,7 +10,6 @@ degree).
 from __future__ import annotations
 
 import json
-import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .convert import convert
 from .data import digits
 from .models import build_model
 from .modules import OutOfRangeWarning, polyact_layers
@@ -93,15 +93,19 @@ def _robust_rows(model, data, degrees: Sequence[int], cfg: DemoConfig) -> tuple[
     return rows, panns
 
 
-def _encrypted_run(pann, data, samples: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def _encrypted_run(pann, data, samples: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any], Any]:
     import he_backend
 
     plan = he_backend.compile(pann.double(), data.input_shape, "batch")
     client = plan.client()
     server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context())
     x, y = data.x_test[:samples].double(), data.y_test[:samples]
+    samples = len(x)
+    per = plan.samples_per_ciphertext
     start = time.perf_counter()
-    out = client.decrypt(server.run(client.encrypt(x)))
+    out = np.concatenate([client.decrypt(server.run(client.encrypt(x[i : i + per])))
+                          for i in tqdm(range(0, samples, per), desc="encrypted inference (ciphertexts)",
+                                        disable=not progress)])
     batch = time.perf_counter() - start
     with torch.no_grad():
         ref = pann(x).numpy()
@@ -189,10 +193,8 @@ def run_demo(out_dir: str | Path = "polyact-demo", config: DemoConfig | None = N
     if chosen.method == "robust":
         pann = robust_panns[chosen.degree]
     else:
-        from .convert import convert
-
         pann, _ = convert(model, data.calibration(), degree=chosen.degree)
-    encrypted, plan_report, plan = _encrypted_run(pann.eval(), data, cfg.samples)
+    encrypted, plan_report, plan = _encrypted_run(pann.eval(), data, cfg.samples, cfg.progress)
     lap("encrypted")
     latency = _latency_vs_degree(plan, cfg.latency_degrees)
     lap("latency")

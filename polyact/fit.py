@@ -24,7 +24,7 @@ import numpy as np
 from numpy.polynomial import chebyshev as npcheb
 
 from .composite import PRODUCT_OF, fit_composite
-from .poly import ChebPoly, CompositePoly, Polynomial, check_interval
+from .poly import ChebPoly, Polynomial, check_interval
 from .remez import remez
 from .target import Target, as_target
 

@@ -45,7 +45,7 @@ from torch import nn
 from .calibrate import choose_interval
 from .convert import calibrate, convert
 from .data import Dataset
-from .modules import PolyAct, polyact_layers
+from .modules import polyact_layers
 from .report import ConversionReport
 from .rewrite import ActivationSlot, install, prepare_structure
 from .storage import copy_metadata

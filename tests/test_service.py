@@ -77,12 +77,14 @@ def test_remote_inference_matches_the_plaintext_pann(remote, pann, digits):
     assert (out.argmax(1) == ref.argmax(1)).all()
 
 
-def test_health_and_plan(url, plan):
+def test_health_and_layout_without_weights(url, plan):
     with urllib.request.urlopen(url + "/health") as response:
         health = json.loads(response.read())
     assert health["status"] == "ok" and health["depth"] == plan.depth
-    with urllib.request.urlopen(url + "/plan") as response:
-        assert he_backend.Plan.from_bytes(response.read()).report() == plan.report()
+    with urllib.request.urlopen(url + "/layout") as response:
+        layout = response.read()
+    assert he_backend.PlanLayout.from_bytes(layout) == plan.layout()
+    assert len(layout) < 2000 < len(plan.to_bytes())  # the weights stay on the server
 
 
 def test_secret_key_context_is_refused(url, remote, tmp_path):

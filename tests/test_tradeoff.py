@@ -1,9 +1,7 @@
 """Trade-off sweeps: each row is what converting with that setting achieves."""
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from polyact.convert import convert
 from polyact.tradeoff import sweep
