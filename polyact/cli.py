@@ -103,7 +103,9 @@ def _is_torchscript(path: str) -> bool:
     import torch
 
     try:
-        torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch deprecates TorchScript; we only recognise it
+            torch.jit.load(path, map_location="cpu")
     except Exception:  # any failure means "not TorchScript"; the caller reports the real problem
         return False
     return True
