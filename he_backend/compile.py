@@ -142,11 +142,11 @@ class Plan:
     # ---- derived ----------------------------------------------------------------------------
     @property
     def input_length(self) -> int:
-        return int(np.prod(self.input_shape))
+        return self.layout().input_length
 
     @property
     def samples_per_ciphertext(self) -> int:
-        return 1 if self.packing == "sample" else self.params.slots // self.block
+        return self.layout().samples_per_ciphertext
 
     @property
     def depth(self) -> int:
