@@ -99,10 +99,7 @@ class Engine:
     def mul_plain(self, ct: sa.Ciphertext, values: Values, scale: float) -> sa.Ciphertext:
         """``ct * values`` with the constant encoded at ``scale`` (the product's scale is
         ``ct.scale * scale``); never a zero constant (SEAL refuses transparent results)."""
-        out = sa.Ciphertext()
-        self.evaluator.multiply_plain(ct, self.encode(values, scale, self.level(ct)), out)
-        self.counts["pt_mul"] += 1
-        return out
+        return self.mul_plaintext(ct, self.encode(values, scale, self.level(ct)))
 
     def mul_plaintext(self, ct: sa.Ciphertext, pt: sa.Plaintext) -> sa.Ciphertext:
         out = sa.Ciphertext()
@@ -131,20 +128,18 @@ class Engine:
 
     def add(self, a: sa.Ciphertext, b: sa.Ciphertext) -> sa.Ciphertext:
         """``a + b`` at the lower level; their scales must already agree."""
-        level = min(self.level(a), self.level(b))
-        a, b = self.mod_switch(a, level), self.mod_switch(b, level)
-        self._check_scales(a, b)
-        out = sa.Ciphertext()
-        self.evaluator.add(a, b, out)
-        self.counts["add"] += 1
-        return out
+        return self._linear(self.evaluator.add, a, b)
 
     def sub(self, a: sa.Ciphertext, b: sa.Ciphertext) -> sa.Ciphertext:
+        """``a - b`` at the lower level; their scales must already agree."""
+        return self._linear(self.evaluator.sub, a, b)
+
+    def _linear(self, operation, a: sa.Ciphertext, b: sa.Ciphertext) -> sa.Ciphertext:
         level = min(self.level(a), self.level(b))
         a, b = self.mod_switch(a, level), self.mod_switch(b, level)
         self._check_scales(a, b)
         out = sa.Ciphertext()
-        self.evaluator.sub(a, b, out)
+        operation(a, b, out)
         self.counts["add"] += 1
         return out
 

@@ -51,6 +51,12 @@ def check_interval(interval: Sequence[float]) -> tuple[float, float]:
     return a, b
 
 
+def _summary(poly: Any) -> dict[str, Any]:
+    """The JSON fields every polynomial type shares."""
+    return {"type": poly.kind, "interval": list(poly.interval), "degree": poly.degree, "depth": poly.depth,
+            "method": poly.method, "target": poly.target, "max_error": poly.max_error}
+
+
 def chebval_torch(t: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """``sum_k coef[k] T_k(t)`` by Clenshaw's recurrence, differentiable in ``t`` and ``coef``.
 
@@ -146,16 +152,7 @@ class ChebPoly:
         return a == -b and bool(np.all(np.abs(self._coef[0::2]) <= rtol * scale))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "interval": list(self.interval),
-            "degree": self.degree,
-            "depth": self.depth,
-            "method": self.method,
-            "target": self.target,
-            "max_error": self.max_error,
-            "coefficients": self._coef.tolist(),
-        }
+        return {**_summary(self), "coefficients": self._coef.tolist()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ChebPoly":
@@ -250,18 +247,8 @@ class CompositePoly:
         return s
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "interval": list(self.interval),
-            "degree": self.degree,
-            "depth": self.depth,
-            "method": self.method,
-            "target": self.target,
-            "max_error": self.max_error,
-            "product": self.product,
-            "sign_error": self.sign_error,
-            "stages": [p.to_dict() for p in self.stages],
-        }
+        return {**_summary(self), "product": self.product, "sign_error": self.sign_error,
+                "stages": [p.to_dict() for p in self.stages]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CompositePoly":
