@@ -144,8 +144,6 @@ class Runner:
         block[: len(values)] = values
         return np.tile(block, self.blocks)
 
-    def _plaintext(self, key: tuple, make) -> sa.Plaintext:
-        return self.cache.get(key, make, 8 * self.engine.params.poly_modulus_degree * key[-1])  # bytes at that level
 
     def affine(self, step: AffineStep, values: dict[str, sa.Ciphertext]) -> sa.Ciphertext:
         e = self.engine
@@ -165,9 +163,9 @@ class Runner:
                     rotated = e.rotate(rotated, 1)
                 for k in by_r.get(r, []):
                     g = k // self.baby
-                    key = (step.name, i, k, x.scale, pre)
-                    pt = self._plaintext(key, lambda: e.encode(
-                        np.roll(self._slots(diags[k]), g * self.baby), target / x.scale, pre))
+                    pt = self.cache.get((step.name, i, k, x.scale, pre), lambda: e.encode(
+                        np.roll(self._slots(diags[k]), g * self.baby), target / x.scale, pre),
+                        size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
                     inner.setdefault(g, []).append(e.mul_plaintext(rotated, pt))
         sums = {g: e.sum_terms(terms) for g, terms in inner.items()}
         total = sums.get(0)

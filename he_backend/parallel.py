@@ -1,9 +1,9 @@
 """Encrypted batch jobs on a local process pool or a Ray cluster.
 
-Ciphertexts are independent, so a large job splits into chunks of whole ciphertexts; each
-worker (a pool process, or a Ray task) builds a :class:`~he_backend.server.Server` from the
-plan bytes and the client's *public* context (the secret key stays in the calling process) and
-evaluates chunks.
+Ciphertexts are independent, so a large job splits into one chunk of whole ciphertexts per
+worker; each worker (a pool process, or a Ray task) builds a :class:`~he_backend.server.Server`
+from the plan bytes and the client's *public* context (the secret key stays in the calling
+process) and evaluates its chunk.
 """
 from __future__ import annotations
 
@@ -16,18 +16,6 @@ import numpy as np
 from .client import Client
 from .compile import Plan
 from .server import Server
-
-_worker_server: Server | None = None
-
-
-def _start_worker(plan_bytes: bytes, public_context: bytes) -> None:
-    global _worker_server
-    _worker_server = Server.from_bytes(plan_bytes, public_context)
-
-
-def _run_chunk(payload: bytes) -> bytes:
-    assert _worker_server is not None, "worker not initialised"
-    return _worker_server.run(payload)
 
 
 def _evaluate(plan_bytes: bytes, public_context: bytes, payload: bytes) -> bytes:
@@ -78,9 +66,9 @@ def run_encrypted(plan: Plan, x: np.ndarray, *, workers: int = 1, client: Client
         server = Server(plan, client.public_context())
         results = [server.run(p) for p in payloads]
     else:
-        with ProcessPoolExecutor(min(workers, len(payloads)), initializer=_start_worker,
-                                 initargs=(plan.to_bytes(), client.public_context())) as pool:
-            results = list(pool.map(_run_chunk, payloads))
+        count = len(payloads)  # one chunk per worker: each builds its server once
+        with ProcessPoolExecutor(min(workers, count)) as pool:
+            results = list(pool.map(_evaluate, [plan.to_bytes()] * count, [client.public_context()] * count, payloads))
     seconds["server_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     outputs = np.concatenate([client.decrypt(r) for r in results])
