@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def _load_pann_file(path: str):
     from .storage import INPUT_SHAPE_ATTR, load_pann
@@ -112,6 +110,7 @@ def add_encrypt_run(sub, command) -> None:
 def _run_encrypt_run(args: argparse.Namespace) -> int:
     import torch
 
+    from he_backend.metrics import compare
     from he_backend.parallel import run_encrypted
 
     from .data import load_dataset
@@ -124,15 +123,10 @@ def _run_encrypt_run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         reference = pann(x).numpy()
     result = run_encrypted(plan, x.numpy(), workers=args.workers, ray_address=args.ray_address)
-    out = result.outputs
     figures = {
         "samples": len(x), "packing": plan.packing, "workers": args.workers, "depth": plan.depth,
         "poly_modulus_degree": plan.params.poly_modulus_degree, "scale_bits": plan.params.scale_bits,
-        "accuracy": float((out.argmax(1) == y).mean() * 100),
-        "plaintext_accuracy": float((reference.argmax(1) == y).mean() * 100),
-        "agreement": float((out.argmax(1) == reference.argmax(1)).mean() * 100),
-        "precision_bits": float(-np.log2(np.abs(out - reference).max() / np.abs(reference).max())),
-        **result.seconds,
+        **compare(result.outputs, reference, y), **result.seconds,
     }
     if args.json:
         print(json.dumps(figures))

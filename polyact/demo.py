@@ -25,9 +25,9 @@ from .data import digits
 from .models import build_model
 from .modules import OutOfRangeWarning, polyact_layers
 from .plots import plot_fit, plot_latency, plot_tradeoff
-from .tradeoff import TradeoffRow, sweep
-from .train import robust_finetune
-from .trainer import accuracy, predict, train_classifier
+from .tradeoff import TradeoffRow, measure, sweep
+from .train import RobustConfig, robust_finetune
+from .trainer import predict, train_classifier
 
 
 @dataclass
@@ -80,14 +80,12 @@ class DemoResult:
 
 def _robust_rows(model, data, degrees: Sequence[int], cfg: DemoConfig) -> tuple[list[TradeoffRow], dict[int, Any]]:
     rows, panns = [], {}
+    reference = predict(model, data.x_test)
     for degree in tqdm(degrees, desc="robust fine-tuning", disable=not cfg.progress):
         start = time.perf_counter()
         result = robust_finetune(model, data, degree=degree, epochs=cfg.robust_epochs, seed=cfg.seed)
-        logits, reference = predict(result.pann, data.x_test), predict(model, data.x_test)
-        acc = accuracy(logits, data.y_test)
-        agree = 100.0 * (logits.argmax(1) == reference.argmax(1)).float().mean().item()
-        error = (logits - reference).abs().max().item()
-        rows.append(TradeoffRow("robust", degree, None, 0.1, result.report.depth, acc, agree, error, 0.0,
+        measured = measure(result.pann, data.x_test, data.y_test, reference)
+        rows.append(TradeoffRow("robust", degree, None, RobustConfig().margin, result.report.depth, *measured,
                                 time.perf_counter() - start))
         panns[degree] = result.pann
     return rows, panns
@@ -95,6 +93,7 @@ def _robust_rows(model, data, degrees: Sequence[int], cfg: DemoConfig) -> tuple[
 
 def _encrypted_run(pann, data, samples: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any], Any]:
     import he_backend
+    from he_backend.metrics import compare
 
     plan = he_backend.compile(pann.double(), data.input_shape, "batch")
     client = plan.client()
@@ -118,10 +117,7 @@ def _encrypted_run(pann, data, samples: int, progress: bool) -> tuple[dict[str, 
     latency = time.perf_counter() - start
     encrypted = {
         "samples": samples,
-        "accuracy": float((out.argmax(1) == y.numpy()).mean() * 100),
-        "plaintext_accuracy": float((ref.argmax(1) == y.numpy()).mean() * 100),
-        "agreement": float((out.argmax(1) == ref.argmax(1)).mean() * 100),
-        "precision_bits": float(-np.log2(np.abs(out - ref).max() / np.abs(ref).max())),
+        **compare(out, ref, y.numpy()),
         "batch_seconds_per_sample": batch / samples,
         "latency_s": latency,
     }

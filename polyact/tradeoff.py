@@ -86,7 +86,9 @@ class TradeoffResult:
         return "\n".join(lines)
 
 
-def _measure(pann: nn.Module, x: torch.Tensor, y: torch.Tensor, reference: torch.Tensor) -> tuple[float, float, float, float]:
+def measure(pann: nn.Module, x: torch.Tensor, y: torch.Tensor, reference: torch.Tensor) -> tuple[float, float, float, float]:
+    """Accuracy and agreement with ``reference`` logits (percent), the largest logit error, and
+    the fraction of activation inputs outside their intervals, for ``pann`` on ``(x, y)``."""
     reset_range_counters(pann)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)  # out-of-range inputs are counted instead
@@ -123,7 +125,7 @@ def sweep(
         start = time.perf_counter()
         kwargs = {"alpha": alpha} if alpha is not None else {"method": method, "degree": degree}
         pann, report = convert(model, calib, margin=margin, **kwargs)
-        acc, agree, error, outside = _measure(pann, data.x_test, data.y_test, reference)
+        acc, agree, error, outside = measure(pann, data.x_test, data.y_test, reference)
         result.rows.append(TradeoffRow(method, degree, alpha, margin, report.depth, acc, agree, error, outside,
                                        time.perf_counter() - start))
     return result

@@ -41,6 +41,16 @@ def mlp_pair(mlp_plan):
     return client, server
 
 
+def test_compare_reports_accuracy_agreement_and_bits():
+    from he_backend.metrics import compare
+
+    ref = np.array([[1.0, 4.0], [3.0, -2.0], [0.5, 0.0]])
+    out = ref + np.array([[0.0, 0.0], [0.0, 0.0], [-1.0, 4.0 / 1024]])  # the last prediction flips
+    figures = compare(out, ref, np.array([1, 0, 1]))
+    assert figures == {"accuracy": 100.0, "plaintext_accuracy": pytest.approx(200 / 3),
+                       "agreement": pytest.approx(200 / 3), "precision_bits": pytest.approx(2.0)}
+
+
 # ---- the plan in plaintext ------------------------------------------------------------------
 @pytest.mark.parametrize("fixture, options", [("digits_mlp", {"degree": 7}), ("digits_cnn", {"degree": 5}),
                                               ("digits_cnn", {"degree": 2}), ("digits_resnet", {"degree": 3}),
