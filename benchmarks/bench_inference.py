@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import he_backend
+from he_backend.metrics import compare
 from he_backend.params import CkksParams
 from polyact import data, models, trainer
 from polyact.activations import Square
@@ -61,8 +62,11 @@ def timed(fn, repeat: int):
     return statistics.median(times), result
 
 
-def bits(out: np.ndarray, ref: np.ndarray) -> float:
-    return float(-np.log2(np.abs(out - ref).max() / np.abs(ref).max()))
+def accuracy_columns(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
+    """:func:`he_backend.metrics.compare` under this benchmark's column names."""
+    c = compare(out, ref, y)
+    return {"plain_accuracy": c["plaintext_accuracy"], "encrypted_accuracy": c["accuracy"],
+            "agreement": c["agreement"], "precision_bits": c["precision_bits"]}
 
 
 def predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -86,10 +90,7 @@ def measure_plan(name: str, pann: nn.Module, digits, args, params: CkksParams | 
             out = client.decrypt(response)
             row.update(depth=plan.depth, N=plan.params.poly_modulus_degree, scale_bits=plan.params.scale_bits,
                        samples_per_ciphertext=plan.samples_per_ciphertext,
-                       plain_accuracy=float((ref.argmax(1) == y).mean() * 100),
-                       encrypted_accuracy=float((out.argmax(1) == y).mean() * 100),
-                       agreement=float((out.argmax(1) == ref.argmax(1)).mean() * 100),
-                       precision_bits=bits(out, ref), batch_seconds_per_sample=seconds / len(x),
+                       **accuracy_columns(out, ref, y), batch_seconds_per_sample=seconds / len(x),
                        public_context_mb=len(public) / 1e6, **plan.report()["totals"])
             continue
         one = x[:1].numpy()
@@ -138,8 +139,7 @@ def tenseal_tutorial(model: TutorialNet, digits, args) -> dict:
         decrypt_t.append(time.perf_counter() - start)
     out = np.array(outs)
     return {"network": "tutorial/tenseal-handwritten", "N": p.poly_modulus_degree, "scale_bits": p.scale_bits,
-            "samples": len(x), "encrypted_accuracy": float((out.argmax(1) == y).mean() * 100),
-            "agreement": float((out.argmax(1) == ref.argmax(1)).mean() * 100), "precision_bits": bits(out, ref),
+            "samples": len(x), **accuracy_columns(out, ref, y),
             "latency_encrypt_s": statistics.median(encrypt_t), "latency_server_s": statistics.median(server_t),
             "latency_decrypt_s": statistics.median(decrypt_t),
             "latency_total_s": statistics.median(np.add(np.add(encrypt_t, server_t), decrypt_t)),
