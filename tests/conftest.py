@@ -1,8 +1,11 @@
-"""Shared fixtures: the digits data and small models trained once per session."""
+"""Shared fixtures: the digits data and small models trained once per session; the per-test peak
+RSS limit and report (:mod:`rss_monitor`)."""
 import pytest
 import torch
 
 from polyact import data, models, trainer
+
+pytest_plugins = ["rss_monitor"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,96 @@
+"""The per-test peak RSS limit (tests/rss_monitor.py), run on tiny suites in a subprocess with a
+lowered limit: heavy tests fail whether the memory is in this process or in a child, a light test
+after a heavy one is not blamed for it, and the summary lists the heaviest."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+MB = 2**20
+
+SUITE = f'''
+import subprocess, sys, time
+
+HEAVY = {400 * MB}
+
+
+def test_allocates_and_frees_at_once():
+    block = bytearray(HEAVY)  # zero-filled: resident
+    del block
+
+
+def test_light_after_heavy():
+    assert sum(range(1000)) == 499500
+
+
+def test_exited_child_allocates():
+    subprocess.run([sys.executable, "-c", f"b = bytearray({{HEAVY}}); print(len(b))"], check=True,
+                   capture_output=True, timeout=60)
+
+
+def test_live_child_allocates():
+    child = subprocess.Popen([sys.executable, "-c", f"b = bytearray({{HEAVY}}); import time; time.sleep(60)"])
+    try:
+        time.sleep(2.0)  # the child is sampled while it lives; it is never waited for here
+    finally:
+        child.kill()
+'''
+
+
+def _run(tmp_path, *args, env=None):
+    (tmp_path / "test_suite.py").write_text(SUITE)
+    environment = {k: v for k, v in os.environ.items() if k != "POLYACT_MAX_RSS_GB"}
+    environment.update(PYTHONPATH=str(TESTS), **(env or {}))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "rss_monitor", "-p", "no:cacheprovider", "-rA", "-q",
+         "test_suite.py", *args],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def _outcomes(output):
+    """Outcome per test from pytest's ``-rA`` short summary."""
+    return {name: outcome for outcome, name in re.findall(r"^(PASSED|FAILED|ERROR) test_suite\.py::(\w+)", output, re.M)}
+
+
+def _peaks(output):
+    """GiB per test from the summary lines ``  0.42 GiB  (children  0.38)  test_suite.py::name``."""
+    return {name: (float(peak), float(children)) for peak, children, name in
+            re.findall(r"^\s*([\d.]+) GiB\s+\(children\s+([\d.]+)\)\s+test_suite\.py::(\w+)", output, re.M)}
+
+
+def test_tests_over_the_limit_fail_and_the_summary_lists_them(tmp_path):
+    code, output = _run(tmp_path, "--max-rss-gb", "0.3")
+    outcomes = _outcomes(output)
+    assert code == 1, output
+    assert outcomes == {"test_allocates_and_frees_at_once": "FAILED", "test_light_after_heavy": "PASSED",
+                        "test_exited_child_allocates": "FAILED", "test_live_child_allocates": "FAILED"}, output
+    assert output.count("exceeds the limit of 0.30 GiB") == 3
+    peaks = _peaks(output)
+    assert set(peaks) == set(outcomes)
+    for heavy in ("test_allocates_and_frees_at_once", "test_exited_child_allocates", "test_live_child_allocates"):
+        assert peaks[heavy][0] >= 0.39  # 400 MiB were resident
+    assert peaks["test_light_after_heavy"][0] < 0.3  # the previous test's peak is not carried over
+    assert peaks["test_exited_child_allocates"][1] >= 0.39 and peaks["test_live_child_allocates"][1] >= 0.39
+    assert peaks["test_allocates_and_frees_at_once"][1] < 0.1
+
+
+def test_the_limit_comes_from_the_environment_and_0_turns_it_off(tmp_path):
+    code, output = _run(tmp_path, "-k", "frees or light", env={"POLYACT_MAX_RSS_GB": "0.3"})
+    assert code == 1 and _outcomes(output)["test_allocates_and_frees_at_once"] == "FAILED", output
+    code, output = _run(tmp_path, "-k", "frees or light", env={"POLYACT_MAX_RSS_GB": "0"})
+    assert code == 0 and "no limit" in output, output
+    code, output = _run(tmp_path, "-k", "frees", "--rss-top", "0")
+    assert code == 0 and "GiB" not in output, output  # under the default 4 GiB, no listing asked
+    code, output = _run(tmp_path, "--max-rss-gb", "lots")
+    assert code != 0 and "lots" in output
+
+
+def test_this_suite_runs_under_a_4_gib_limit(request):
+    monitor = request.config.pluginmanager.get_plugin("rss-monitor-instance")
+    assert monitor is not None and monitor.limit is not None
+    if request.config.getoption("--max-rss-gb") is None and "POLYACT_MAX_RSS_GB" not in os.environ:
+        assert monitor.limit == 4 * 2**30
