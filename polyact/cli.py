@@ -2,6 +2,8 @@
 
 Each subcommand parses its arguments here and calls the library; errors in what the user gave
 (bad values, missing files) print one line saying what to fix and exit with status 2.
+Building the parser imports nothing heavy (no torch, TenSEAL, FastAPI or matplotlib): each
+command imports what it needs when it runs, so ``polyact --help`` starts at once.
 """
 from __future__ import annotations
 
@@ -11,13 +13,16 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-import numpy as np
-
 from . import cli_encrypted
-from .activations import available_activations
-from .fit import METHODS, fit, fit_to_tolerance
 
 EXIT_USAGE = 2
+# What `polyact fit --help` lists, written out so that printing help does not import torch;
+# tests/test_startup.py checks them against polyact.fit.METHODS and polyact.available_activations().
+FIT_METHODS = ("minimax", "chebyshev", "lsq", "composite")
+CONVERT_METHODS = FIT_METHODS[:3]
+ACTIVATION_NAMES = ("abs", "aglu", "apa", "aulu", "ditac", "elu", "gelu", "gelu_tanh", "hardsigmoid", "hardswish",
+                    "leaky_relu", "mish", "pau", "pwlu", "relu", "selu", "sigmoid", "sign", "silu", "softplus",
+                    "square", "tanh", "xielu")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -39,14 +44,14 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
          "polyact fit gelu --interval -8 8 --degree 31 --method chebyshev --json",
          "polyact fit silu --interval -6 6 --tolerance 1e-3 --plot silu.png",
          "polyact fit relu --interval -1 1 --method composite --alpha 10"],
-        f"activations: {', '.join(available_activations())}",
+        f"activations: {', '.join(ACTIVATION_NAMES)}",
     )
     p.add_argument("activation", help="activation name (see the list below)")
     p.add_argument("--interval", nargs=2, type=float, metavar=("A", "B"), required=True,
                    help="fitting interval [A, B]")
     p.add_argument("--degree", type=int, help="polynomial degree")
     p.add_argument("--tolerance", type=float, help="instead of --degree: lowest degree with max error <= this")
-    p.add_argument("--method", choices=METHODS, default="minimax", help="fitting method (default: minimax)")
+    p.add_argument("--method", choices=FIT_METHODS, default="minimax", help="fitting method (default: minimax)")
     p.add_argument("--alpha", type=float, help="composite: sign precision in bits")
     p.add_argument("--eps", type=float, help="composite: half-width of the gap around 0 (default 2^-alpha)")
     p.add_argument("--json", action="store_true", help="print the polynomial as JSON")
@@ -55,6 +60,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .fit import fit, fit_to_tolerance
+
     if args.tolerance is not None:
         poly = fit_to_tolerance(args.activation, args.interval, args.tolerance, args.method)
     elif args.method == "composite":
@@ -155,7 +164,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
          "polyact convert --model weights.pt --factory mypkg.nets:Net --dataset data.npz --degree 7"],
     )
     _add_data_and_model(p)
-    p.add_argument("--method", choices=("minimax", "chebyshev", "lsq"), default="minimax")
+    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax")
     p.add_argument("--degree", type=int, help="polynomial degree for every activation")
     p.add_argument("--tolerance", type=float, help="max fit error per activation (lowest degree meeting it)")
     p.add_argument("--alpha", type=float, help="composite sign precision in bits (relu/abs)")
@@ -198,7 +207,7 @@ def _add_tradeoff(sub: argparse._SubParsersAction) -> None:
     )
     _add_data_and_model(p)
     p.add_argument("--methods", nargs="+", default=["minimax", "chebyshev", "lsq"],
-                   choices=("minimax", "chebyshev", "lsq"))
+                   choices=CONVERT_METHODS)
     p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31])
     p.add_argument("--alphas", nargs="*", type=float, default=[], help="composite precisions (relu models)")
     p.add_argument("--margins", nargs="+", type=float, default=[0.1])
@@ -250,7 +259,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="for zoo training")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate for zoo training")
     p.add_argument("--weight-decay", type=float, default=0.0, help="for zoo training (robust training uses none)")
-    p.add_argument("--method", choices=("minimax", "chebyshev", "lsq"), default="minimax")
+    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax")
     p.add_argument("--degree", type=int, help="target polynomial degree")
     p.add_argument("--bits", type=float, help="target precision: max error 2^-bits max|interval|")
     p.add_argument("--alpha", type=float, help="target composite sign precision (relu)")
