@@ -211,8 +211,11 @@ def _add_tradeoff(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31])
     p.add_argument("--alphas", nargs="*", type=float, default=[], help="composite precisions (relu models)")
     p.add_argument("--margins", nargs="+", type=float, default=[0.1])
+    p.add_argument("--max-loss", type=float, default=1.0,
+                   help="accuracy budget in points for the cheapest setting (default: 1)")
     p.add_argument("--csv", help="write the rows as CSV to this file")
-    p.add_argument("--plot", metavar="PNG", help="draw accuracy vs depth to this file")
+    p.add_argument("--plot", metavar="PNG",
+                   help="draw accuracy vs depth (points labelled, cheapest setting starred) to this file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=_run_tradeoff)
 
@@ -229,17 +232,17 @@ def _run_tradeoff(args: argparse.Namespace) -> int:
     if args.plot:
         from .plots import plot_tradeoff
 
-        plot_tradeoff(result, args.plot)
+        plot_tradeoff(result, args.plot, args.max_loss)
     if args.json:
         print(result.to_json())
         return 0
     print(result.table())
-    best = result.cheapest(1.0)
+    best = result.cheapest(args.max_loss)
     if best is None:
-        print("no setting stays within 1 point of the original accuracy")
+        print(f"no setting stays within {args.max_loss:g} points of the original accuracy")
     else:
-        print(f"cheapest within 1 point: {best.method}, degree {best.degree}, alpha {best.alpha}, depth {best.depth}, "
-              f"accuracy {best.accuracy:.2f}%")
+        print(f"cheapest within {args.max_loss:g} points: {best.method}, degree {best.degree}, alpha {best.alpha}, "
+              f"depth {best.depth}, accuracy {best.accuracy:.2f}%")
     return 0
 
 
