@@ -59,7 +59,7 @@ def test_fit_help_lists_the_real_zoo_and_methods():
 @pytest.mark.parametrize("name", polyact.__all__)
 def test_every_public_name_is_the_object_of_its_module(name):
     value = getattr(polyact, name)
-    if name in ("train", "tradeoff"):
+    if name in polyact._SUBMODULES:
         assert value is importlib.import_module(f"polyact.{name}")
     else:
         assert value is getattr(importlib.import_module(f"polyact.{polyact._EXPORTS[name]}"), name)
