@@ -84,7 +84,8 @@ def test_api_page_renders_signatures_from_the_docstrings(site, tmp_path):
     heading = dom.find(id="polyact.fit.fit")
     assert heading is not None
     signatures = ["".join(s.get_text().split()).replace('"', "'") for s in dom.select(".doc-signature")]
-    shown = next(s for s in signatures if s.startswith("fit("))
+    shown = next((s for s in signatures if s.startswith("fit(")), None)
+    assert shown is not None, f"no signature of fit among {signatures}"
     for parameter in inspect.signature(fit).parameters.values():  # every parameter, with its default
         default = "" if parameter.default is inspect.Parameter.empty else f"={parameter.default!r}"
         assert f"{parameter.name}:" in shown and default in shown, (parameter, shown)
