@@ -49,11 +49,13 @@ def test_import_polyact_imports_nothing_heavy_until_a_name_is_used():
     assert "torch" in _heavy_modules_after("import polyact\npolyact.fit")
 
 
-def test_fit_help_lists_the_real_zoo_and_methods():
+def test_fit_help_names_real_methods_and_activations_and_an_unknown_name_lists_all(capsys):
     from polyact.fit import METHODS
 
-    assert cli.ACTIVATION_NAMES == tuple(polyact.available_activations())
     assert cli.FIT_METHODS == METHODS
+    assert set(cli.COMMON_ACTIVATIONS) <= set(polyact.available_activations())
+    assert cli.main(["fit", "no_such_activation", "--interval", "-1", "1", "--degree", "3"]) == cli.EXIT_USAGE
+    assert ", ".join(polyact.available_activations()) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", polyact.__all__)
