@@ -3,33 +3,70 @@
 Fit certified polynomial approximations of activations, convert trained PyTorch models into
 polynomial form (PANNs), train them to tolerate low-precision approximations, and run them under
 CKKS homomorphic encryption (see :mod:`he_backend`).
-"""
-from . import train, tradeoff
-from .activations import available_activations, get_activation
-from .convert import convert
-from .fit import certify, fit, fit_to_tolerance
-from .modules import PolyAct
-from .poly import ChebPoly, CompositePoly, chebyshev_depth, poly_from_dict, poly_from_json
-from .storage import load_model, load_pann, save_model, save_pann
 
-__all__ = [
-    "train",
-    "tradeoff",
-    "ChebPoly",
-    "CompositePoly",
-    "available_activations",
-    "PolyAct",
-    "certify",
-    "chebyshev_depth",
-    "convert",
-    "fit",
-    "fit_to_tolerance",
-    "get_activation",
-    "load_model",
-    "load_pann",
-    "poly_from_dict",
-    "poly_from_json",
-    "save_model",
-    "save_pann",
-]
+Names are imported on first use (PEP 562), so ``import polyact`` and the ``polyact`` command start
+without loading torch: ``polyact.fit(...)`` and ``from polyact import convert`` work as usual.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+# public name -> submodule defining it (add a line per name; keep it sorted)
+_EXPORTS: dict[str, str] = {
+    "ChebPoly": "poly",
+    "CompositePoly": "poly",
+    "PolyAct": "modules",
+    "available_activations": "activations",
+    "certify": "fit",
+    "chebyshev_depth": "poly",
+    "convert": "convert",
+    "fit": "fit",
+    "fit_to_tolerance": "fit",
+    "get_activation": "activations",
+    "load_model": "storage",
+    "load_pann": "storage",
+    "poly_from_dict": "poly",
+    "poly_from_json": "poly",
+    "save_model": "storage",
+    "save_pann": "storage",
+}
+# public submodules
+_SUBMODULES = ("train", "tradeoff")
+
+__all__ = [*_SUBMODULES, *_EXPORTS]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or any submodule, e.g. ``polyact.modules``) on first access."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise  # the submodule exists but one of its own imports is missing
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package's module type: importing the submodule ``polyact.fit`` (or ``polyact.convert``)
+    binds the package attribute ``fit`` to that module; keep the public function there instead."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{_EXPORTS.get(name)}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -2,6 +2,8 @@
 
 Each subcommand parses its arguments here and calls the library; errors in what the user gave
 (bad values, missing files) print one line saying what to fix and exit with status 2.
+Building the parser imports nothing heavy (no torch, TenSEAL, FastAPI or matplotlib): each
+command imports what it needs when it runs, so ``polyact --help`` starts at once.
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-import numpy as np
-
 from . import cli_encrypted
-from .activations import available_activations
-from .fit import METHODS, fit, fit_to_tolerance
 
 EXIT_USAGE = 2
+# polyact.fit.METHODS and some activation names, written out so that building the parser does not
+# import torch (tests/test_startup.py checks them against the library)
+FIT_METHODS = ("minimax", "chebyshev", "lsq", "composite")
+CONVERT_METHODS = FIT_METHODS[:3]
+COMMON_ACTIVATIONS = ("relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "square")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -39,14 +42,15 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
          "polyact fit gelu --interval -8 8 --degree 31 --method chebyshev --json",
          "polyact fit silu --interval -6 6 --tolerance 1e-3 --plot silu.png",
          "polyact fit relu --interval -1 1 --method composite --alpha 10"],
-        f"activations: {', '.join(available_activations())}",
+        f"activations: {', '.join(COMMON_ACTIVATIONS)}, ... (any name of polyact.available_activations();\n"
+        "an unknown name prints them all)",
     )
     p.add_argument("activation", help="activation name (see the list below)")
     p.add_argument("--interval", nargs=2, type=float, metavar=("A", "B"), required=True,
                    help="fitting interval [A, B]")
     p.add_argument("--degree", type=int, help="polynomial degree")
     p.add_argument("--tolerance", type=float, help="instead of --degree: lowest degree with max error <= this")
-    p.add_argument("--method", choices=METHODS, default="minimax", help="fitting method (default: minimax)")
+    p.add_argument("--method", choices=FIT_METHODS, default="minimax", help="fitting method (default: minimax)")
     p.add_argument("--alpha", type=float, help="composite: sign precision in bits")
     p.add_argument("--eps", type=float, help="composite: half-width of the gap around 0 (default 2^-alpha)")
     p.add_argument("--json", action="store_true", help="print the polynomial as JSON")
@@ -55,6 +59,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .fit import fit, fit_to_tolerance
+
     if args.tolerance is not None:
         poly = fit_to_tolerance(args.activation, args.interval, args.tolerance, args.method)
     elif args.method == "composite":
@@ -155,7 +163,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
          "polyact convert --model weights.pt --factory mypkg.nets:Net --dataset data.npz --degree 7"],
     )
     _add_data_and_model(p)
-    p.add_argument("--method", choices=("minimax", "chebyshev", "lsq"), default="minimax")
+    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax")
     p.add_argument("--degree", type=int, help="polynomial degree for every activation")
     p.add_argument("--tolerance", type=float, help="max fit error per activation (lowest degree meeting it)")
     p.add_argument("--alpha", type=float, help="composite sign precision in bits (relu/abs)")
@@ -198,12 +206,15 @@ def _add_tradeoff(sub: argparse._SubParsersAction) -> None:
     )
     _add_data_and_model(p)
     p.add_argument("--methods", nargs="+", default=["minimax", "chebyshev", "lsq"],
-                   choices=("minimax", "chebyshev", "lsq"))
+                   choices=CONVERT_METHODS)
     p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31])
     p.add_argument("--alphas", nargs="*", type=float, default=[], help="composite precisions (relu models)")
     p.add_argument("--margins", nargs="+", type=float, default=[0.1])
+    p.add_argument("--max-loss", type=float, default=1.0,
+                   help="accuracy budget in points for the cheapest setting (default: 1)")
     p.add_argument("--csv", help="write the rows as CSV to this file")
-    p.add_argument("--plot", metavar="PNG", help="draw accuracy vs depth to this file")
+    p.add_argument("--plot", metavar="PNG",
+                   help="draw accuracy vs depth (points labelled, cheapest setting starred) to this file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=_run_tradeoff)
 
@@ -220,17 +231,17 @@ def _run_tradeoff(args: argparse.Namespace) -> int:
     if args.plot:
         from .plots import plot_tradeoff
 
-        plot_tradeoff(result, args.plot)
+        plot_tradeoff(result, args.plot, args.max_loss)
     if args.json:
         print(result.to_json())
         return 0
     print(result.table())
-    best = result.cheapest(1.0)
+    best = result.cheapest(args.max_loss)
     if best is None:
-        print("no setting stays within 1 point of the original accuracy")
+        print(f"no setting stays within {args.max_loss:g} points of the original accuracy")
     else:
-        print(f"cheapest within 1 point: {best.method}, degree {best.degree}, alpha {best.alpha}, depth {best.depth}, "
-              f"accuracy {best.accuracy:.2f}%")
+        print(f"cheapest within {args.max_loss:g} points: {best.method}, degree {best.degree}, alpha {best.alpha}, "
+              f"depth {best.depth}, accuracy {best.accuracy:.2f}%")
     return 0
 
 
@@ -250,7 +261,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="for zoo training")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate for zoo training")
     p.add_argument("--weight-decay", type=float, default=0.0, help="for zoo training (robust training uses none)")
-    p.add_argument("--method", choices=("minimax", "chebyshev", "lsq"), default="minimax")
+    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax")
     p.add_argument("--degree", type=int, help="target polynomial degree")
     p.add_argument("--bits", type=float, help="target precision: max error 2^-bits max|interval|")
     p.add_argument("--alpha", type=float, help="target composite sign precision (relu)")

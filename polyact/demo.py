@@ -199,7 +199,7 @@ def run_demo(out_dir: str | Path = "polyact-demo", config: DemoConfig | None = N
     first = next(iter(polyact_layers(pann).values()))
     files = [str(plot_fit(first.polynomial, cfg.activation, out / "activation_fit.png",
                           title=f"{cfg.activation} vs degree-{first.degree} polynomial (first layer)")),
-             str(plot_tradeoff(tradeoff, out / "accuracy_vs_depth.png")),
+             str(plot_tradeoff(tradeoff, out / "accuracy_vs_depth.png", cfg.max_loss)),
              str(plot_latency(latency, out / "latency_vs_degree.png"))]
     result = DemoResult(asdict(cfg), tradeoff.baseline_accuracy, [asdict(r) for r in tradeoff.rows], asdict(chosen),
                         plan_report, encrypted, latency, seconds, files)

@@ -46,27 +46,52 @@ def plot_fit(poly: Polynomial, fn: Any, path: str | Path, title: str | None = No
     return _save(fig, path)
 
 
-def plot_tradeoff(result, path: str | Path) -> Path:
-    """Accuracy vs network depth, one curve per method (best accuracy at each depth), with the
-    original model's accuracy as a reference line; write a PNG to ``path``."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = sorted({r.method for r in result.rows})
-    for method in methods:
-        best: dict[int, float] = {}
+def setting_label(row) -> str:
+    """How a trade-off point is named on plots: its degree (``d=7``) or composite precision (``α=8``)."""
+    return f"α={row.alpha:g}" if row.alpha is not None else f"d={row.degree}"
+
+
+def tradeoff_figure(result, max_loss: float = 1.0) -> plt.Figure:
+    """Accuracy vs network depth of a :class:`polyact.tradeoff.TradeoffResult`: one curve per method
+    through its best accuracy at each depth, every point labelled with the setting that reached it
+    (:func:`setting_label`); the original accuracy and the budget ``original - max_loss`` as lines;
+    the cheapest setting within the budget (``result.cheapest(max_loss)``) starred and named."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    labelled: dict[tuple[int, float], int] = {}  # labels already at a point: stack the next one below
+    for method in sorted({r.method for r in result.rows}):
+        best: dict[int, Any] = {}
         for r in result.rows:
-            if r.method == method and r.depth is not None:
-                best[r.depth] = max(best.get(r.depth, -1.0), r.accuracy)
-        depths = sorted(best)
-        ax.plot(depths, [best[d] for d in depths], marker="o", label=method)
+            if r.method == method and r.depth is not None and r.accuracy > getattr(best.get(r.depth), "accuracy", -1.0):
+                best[r.depth] = r
+        points = [best[d] for d in sorted(best)]
+        (line,) = ax.plot([r.depth for r in points], [r.accuracy for r in points], marker="o", label=method)
+        for r in points:
+            stacked = labelled[r.depth, r.accuracy] = labelled.get((r.depth, r.accuracy), -1) + 1
+            ax.annotate(setting_label(r), (r.depth, r.accuracy), textcoords="offset points",
+                        xytext=(6, 3 - 10 * stacked), fontsize=8, color=line.get_color())
     ax.axhline(result.baseline_accuracy, color="black", linestyle="--", linewidth=1, label="original")
-    ax.axhline(result.baseline_accuracy - 1.0, color="gray", linestyle=":", linewidth=1, label="original - 1 pt")
+    ax.axhline(result.baseline_accuracy - max_loss, color="gray", linestyle=":", linewidth=1,
+               label=f"original - {max_loss:g} pt")
+    chosen = result.cheapest(max_loss)
+    if chosen is not None:
+        ax.plot([chosen.depth], [chosen.accuracy], marker="*", markersize=18, color="gold", markeredgecolor="black",
+                linestyle="none", label=f"cheapest within {max_loss:g} pt", zorder=3)
+        ax.annotate(f"cheapest: {chosen.method} {setting_label(chosen)}, depth {chosen.depth}, {chosen.accuracy:.2f}%",
+                    (chosen.depth, chosen.accuracy), textcoords="offset points", xytext=(15, -35), fontsize=9,
+                    arrowprops={"arrowstyle": "->", "color": "black"})
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(x=0.12)  # room for the labels of the last points
     ax.set_xlabel("network depth (CKKS levels)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(max(0.0, min((r.accuracy for r in result.rows), default=0.0) - 5.0), 100.5)
     ax.set_title(f"{result.model}: accuracy vs depth")
-    ax.legend()
-    return _save(fig, path)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_tradeoff(result, path: str | Path, max_loss: float = 1.0) -> Path:
+    """Write :func:`tradeoff_figure` as a PNG to ``path``."""
+    return _save(tradeoff_figure(result, max_loss), path)
 
 
 def plot_robust(results: list[dict], path: str | Path) -> Path:
