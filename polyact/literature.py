@@ -179,8 +179,10 @@ class LSLU(nn.Module):
 class TAAF(nn.Module):
     """Transformative adaptive activation function ``alpha f(beta x + gamma) + delta``: learnable
     vertical scale ``alpha``, horizontal scale ``beta``, horizontal shift ``gamma`` and vertical
-    shift ``delta`` of an inner activation ``f`` (any zoo name; its own parameters, if any, stay
-    learnable). Initially ``alpha = beta = 1``, ``gamma = delta = 0``: the inner activation.
+    shift ``delta`` of a fixed inner activation ``f`` (a zoo name without parameters, e.g.
+    ``"tanh"``, ``"sigmoid"``, ``"relu"``). Initially ``alpha = beta = 1``, ``gamma = delta = 0``:
+    the inner activation. The inner module is kept out of the module tree, so that conversion
+    sees one activation, not two.
 
     Papers: V. Kunc, J. Klema, "Transformative adaptive activation functions in neural networks
     for gene expression inference" (PLOS ONE 2021); V. Kunc, "Exploring the Relationship:
@@ -193,9 +195,14 @@ class TAAF(nn.Module):
         super().__init__()
         from .activations import get_activation  # the registry imports this module
 
-        if inner.lower() == "taaf":
-            raise ValueError("TAAF's inner activation cannot be TAAF itself; choose e.g. 'tanh'")
-        self.inner = get_activation(inner)
+        module = get_activation(inner)
+        if any(True for _ in module.parameters()):
+            raise ValueError(
+                f"TAAF's inner activation must be fixed, but {inner!r} has parameters; choose one "
+                "without (e.g. 'tanh', 'sigmoid', 'relu'): TAAF learns the scales and shifts itself"
+            )
+        self.__dict__["inner"] = module  # not a submodule: one activation site for conversion
+        self.inner_name = inner
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.beta = nn.Parameter(torch.tensor(float(beta)))
         self.gamma = nn.Parameter(torch.tensor(float(gamma)))
@@ -213,6 +220,9 @@ class TAAF(nn.Module):
         if beta == 0:
             return ()
         return tuple(sorted((k - gamma) / beta for k in activation_breakpoints(self.inner)))
+
+    def extra_repr(self) -> str:
+        return f"inner={self.inner_name!r}"
 
 
 class APALU(nn.Module):

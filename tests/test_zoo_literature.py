@@ -142,6 +142,17 @@ def test_bad_arguments_are_refused():
         LSLU(0)
     with pytest.raises(ValueError, match="unknown activation 'nope'"):
         get_activation("taaf", inner="nope")
+    with pytest.raises(ValueError, match="inner activation must be fixed, but 'aulu' has parameters"):
+        get_activation("taaf", inner="aulu")
+
+
+def test_taaf_is_one_activation_site_with_and_without_fx():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), get_activation("taaf", inner="sigmoid"), nn.Linear(7, 3)).eval()
+    x = torch.randn(100, 5)
+    for use_fx in (True, False):
+        _, report = polyact.convert(model, x, degree=9, use_fx=use_fx)
+        assert [(layer.name, layer.target) for layer in report.layers] == [("1", "taaf")]
     with pytest.raises(ValueError, match="unknown PAU initialisation"):
         RAF(init="swish")
 
