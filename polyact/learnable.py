@@ -177,7 +177,9 @@ PAU_INITS = {
 
 
 @functools.lru_cache(maxsize=None)
-def _pau_init(num_degree: int, den_degree: int, init: str = "leaky_relu") -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _pau_init(
+    num_degree: int, den_degree: int, init: str = "leaky_relu"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Coefficients of a safe Padé unit close to ``init`` (leaky ReLU(0.01) or GELU) on [-3, 3].
 
     Linearised least squares: minimise ``sum_i (P(x_i) - f(x_i) Q(x_i))^2`` over the numerator

@@ -237,7 +237,8 @@ def test_conversion_fits_the_learned_function(trained, converted, name):
 def encrypted_inputs(trained, digits):
     """Degree-7 PANNs of all the MLPs share one CKKS parameter set and layout, so one key set,
     one public context and one encryption of the inputs serve every activation."""
-    panns = {name: polyact.convert(model, digits, degree=7)[0].double().eval() for name, (model, _, _) in trained.items()}
+    panns = {name: polyact.convert(model, digits, degree=7)[0].double().eval()
+             for name, (model, _, _) in trained.items()}
     plans = {name: he_backend.compile(pann, digits.input_shape, packing="batch") for name, pann in panns.items()}
     first = plans[NAMES[0]]
     assert all(p.params == first.params and p.rotations == first.rotations for p in plans.values())
