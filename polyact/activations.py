@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .learnable import AGLU, APA, AULU, PAU, PWLU, XIELU, DiTAC
+from .literature import LITERATURE
 
 
 class Square(nn.Module):
@@ -65,9 +66,10 @@ ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "pwlu": PWLU,
     "pau": PAU,
     "ditac": DiTAC,
+    **LITERATURE,
 }
 
-LEARNABLE = ("aulu", "xielu", "apa", "aglu", "pwlu", "pau", "ditac")
+LEARNABLE = ("aulu", "xielu", "apa", "aglu", "pwlu", "pau", "ditac", "sqish", "lslu", "taaf", "apalu", "neaf", "raf")
 
 _BREAKPOINTS: dict[type, tuple[float, ...]] = {
     nn.ReLU: (0.0,),
@@ -100,6 +102,7 @@ _MODULE_NAMES: dict[type, str] = {
     PWLU: "pwlu",
     PAU: "pau",
     DiTAC: "ditac",
+    **{cls: name for name, cls in LITERATURE.items()},
 }
 
 

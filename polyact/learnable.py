@@ -12,12 +12,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import lsq_linear
+from scipy.special import erf
 from torch import nn
 
 
 def _inverse_softplus(y: float) -> float:
     """``x`` with ``softplus(x) = y`` for ``y > 0``."""
     return y + math.log(-math.expm1(-y))
+
+
+def ulu(x: torch.Tensor, alpha_neg: torch.Tensor | float, alpha_pos: torch.Tensor | float) -> torch.Tensor:
+    """ULU ``0.5 x (tanh(a x) + 1)`` with ``a = alpha_neg`` for ``x < 0``, ``alpha_pos`` else."""
+    a = torch.where(x < 0, torch.as_tensor(alpha_neg, dtype=x.dtype), torch.as_tensor(alpha_pos, dtype=x.dtype))
+    return 0.5 * x * (torch.tanh(a * x) + 1.0)
 
 
 class AULU(nn.Module):
@@ -30,8 +37,7 @@ class AULU(nn.Module):
         self.beta_pos = nn.Parameter(torch.tensor(float(beta_pos)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.where(x < 0, self.beta_neg**2, self.beta_pos**2)
-        return 0.5 * x * (torch.tanh(a * x) + 1.0)
+        return ulu(x, self.beta_neg**2, self.beta_pos**2)
 
     breakpoints = (0.0,)
 
@@ -164,15 +170,25 @@ class PWLU(nn.Module):
         return torch.where(x < self.left, below, torch.where(x > self.right, above, inside))
 
 
+PAU_INITS = {
+    "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
+    "gelu": lambda x: 0.5 * x * (1.0 + erf(x / math.sqrt(2.0))),
+}
+
+
 @functools.lru_cache(maxsize=None)
-def _pau_init(num_degree: int, den_degree: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Coefficients of a safe Padé unit close to leaky ReLU(0.01) on [-3, 3].
+def _pau_init(
+    num_degree: int, den_degree: int, init: str = "leaky_relu"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Coefficients of a safe Padé unit close to ``init`` (leaky ReLU(0.01) or GELU) on [-3, 3].
 
     Linearised least squares: minimise ``sum_i (P(x_i) - f(x_i) Q(x_i))^2`` over the numerator
     ``a`` and ``b_k >= 0`` with ``Q(x) = 1 + sum_k b_k |x|^k``, which is linear in ``(a, b)``.
     """
+    if init not in PAU_INITS:
+        raise ValueError(f"unknown PAU initialisation {init!r}; choose one of {sorted(PAU_INITS)}")
     x = np.linspace(-3.0, 3.0, 2001)
-    f = np.where(x > 0, x, 0.01 * x)
+    f = PAU_INITS[init](x)
     numerator = np.vander(x, num_degree + 1, increasing=True)
     denominator = -f[:, None] * np.abs(x)[:, None] ** np.arange(1, den_degree + 1)
     lower = np.r_[np.full(num_degree + 1, -np.inf), np.zeros(den_degree)]
@@ -183,11 +199,11 @@ def _pau_init(num_degree: int, den_degree: int) -> tuple[tuple[float, ...], tupl
 class PAU(nn.Module):
     """Safe Padé Activation Unit ``P(x) / (1 + sum_k |b_k x^k|)``, numerator degree
     ``num_degree`` and denominator degree ``den_degree`` (default (5, 4)); initialised close to
-    leaky ReLU."""
+    ``init`` (leaky ReLU by default, or GELU)."""
 
-    def __init__(self, num_degree: int = 5, den_degree: int = 4) -> None:
+    def __init__(self, num_degree: int = 5, den_degree: int = 4, init: str = "leaky_relu") -> None:
         super().__init__()
-        a, b = _pau_init(num_degree, den_degree)
+        a, b = _pau_init(num_degree, den_degree, init)
         self.numerator = nn.Parameter(torch.tensor(a))
         self.denominator = nn.Parameter(torch.tensor(b))
 
