@@ -31,9 +31,11 @@ def test_exited_child_allocates():
 
 
 def test_live_child_allocates():
-    child = subprocess.Popen([sys.executable, "-c", f"b = bytearray({{HEAVY}}); import time; time.sleep(60)"])
+    code = f"b = bytearray({{HEAVY}}); print('ready', flush=True); import time; time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)  # the child is sampled while it lives; it is never waited for here
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the child is sampled while it lives; it is never waited for here
     finally:
         child.kill()
 '''
