@@ -13,11 +13,11 @@ for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
     os.environ[variable] = os.environ.get(variable) or "1"
 threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from polyact import data, models, trainer  # noqa: E402
+from polyact import data, models, trainer
 
 pytest_plugins = ["rss_monitor"]
 
