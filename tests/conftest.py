@@ -5,15 +5,19 @@ import os
 import pytest
 from threadpoolctl import threadpool_limits
 
-# The fits solve small least-squares systems: on a busy 2-core machine multi-threaded BLAS only
-# spins (tests/test_fit.py took 169 s with 2 OpenBLAS threads under load, 77 s with 1). The
-# variable reaches child processes (pools, notebook kernels); the call covers this process.
-os.environ["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS") or "1"
+# The tests fit small least-squares systems and train tiny models: on a busy 2-core machine a
+# second BLAS or OpenMP thread only spins (tests/test_fit.py: 169 s with 2 OpenBLAS threads under
+# load, 77 s with 1; 3 epochs of the digits CNN: 49.7 s with 2 torch threads, 2.4 s with 1). The
+# variables reach child processes (pools, notebook kernels); the calls cover this process.
+for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ[variable] = os.environ.get(variable) or "1"
 threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
 
-import torch  # noqa: E402
+import torch
 
-from polyact import data, models, trainer  # noqa: E402
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+from polyact import data, models, trainer
 
 pytest_plugins = ["rss_monitor"]
 

@@ -16,7 +16,7 @@ import polyact.train
 from polyact.cli import main
 from polyact.convert import convert
 from polyact.data import Dataset
-from polyact.modules import PolyAct, out_of_range_fraction, polyact_layers
+from polyact.modules import out_of_range_fraction, polyact_layers
 from polyact.tradeoff import measure, sweep
 from polyact.train import RobustResult, robust_finetune
 from polyact.trainer import predict
@@ -217,7 +217,7 @@ def test_automatic_parameters_never_exceed_the_bound():
     checked = 0
     for min_scale in (20, 25, 30, 40):
         for slots in (1, 4096, 8192):
-            for depth in range(0, 40):
+            for depth in range(40):
                 try:
                     p = choose_params(depth, min_scale_bits=min_scale, max_scale_bits=max(min_scale, 40), slots=slots)
                 except ParameterError as exc:  # only "no ring is large enough", never an insecure chain

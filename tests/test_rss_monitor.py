@@ -31,9 +31,11 @@ def test_exited_child_allocates():
 
 
 def test_live_child_allocates():
-    child = subprocess.Popen([sys.executable, "-c", f"b = bytearray({{HEAVY}}); import time; time.sleep(60)"])
+    code = f"b = bytearray({{HEAVY}}); print('ready', flush=True); import time; time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)  # the child is sampled while it lives; it is never waited for here
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the child is sampled while it lives; it is never waited for here
     finally:
         child.kill()
 '''
@@ -46,20 +48,20 @@ def _run(tmp_path, *args, env=None):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "rss_monitor", "-p", "no:cacheprovider", "-rA", "-q",
          "test_suite.py", *args],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120, check=False,
     )
     return result.returncode, result.stdout + result.stderr
 
 
 def _outcomes(output):
     """Outcome per test from pytest's ``-rA`` short summary."""
-    return {name: outcome for outcome, name in re.findall(r"^(PASSED|FAILED|ERROR) test_suite\.py::(\w+)", output, re.M)}
+    return {name: outcome for outcome, name in re.findall(r"^(PASSED|FAILED|ERROR) test_suite\.py::(\w+)", output, re.MULTILINE)}
 
 
 def _peaks(output):
     """GiB per test from the summary lines ``  0.42 GiB  (children  0.38)  test_suite.py::name``."""
     return {name: (float(peak), float(children)) for peak, children, name in
-            re.findall(r"^\s*([\d.]+) GiB\s+\(children\s+([\d.]+)\)\s+test_suite\.py::(\w+)", output, re.M)}
+            re.findall(r"^\s*([\d.]+) GiB\s+\(children\s+([\d.]+)\)\s+test_suite\.py::(\w+)", output, re.MULTILINE)}
 
 
 def test_tests_over_the_limit_fail_and_the_summary_lists_them(tmp_path):

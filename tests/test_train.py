@@ -105,6 +105,7 @@ def test_clamping_in_training_bounds_the_polynomial_but_never_changes_evaluation
     torch.testing.assert_close(layer(big), torch.tensor(poly(np.array([50.0, -50.0])), dtype=torch.float32))
 
 
+@pytest.mark.slow  # end to end; the mechanics are checked fast in test_guards.py
 def test_training_through_a_degree_2_polynomial_recovers_accuracy(digits, digits_cnn):
     converted, _ = convert(digits_cnn, digits.calibration(), degree=2)
     before = evaluate(converted, digits.x_test, digits.y_test)
@@ -118,21 +119,17 @@ def test_training_through_a_degree_2_polynomial_recovers_accuracy(digits, digits
     assert not any(m.clamp_in_training for m in polyact_layers(result.pann).values())
 
 
-def test_progressive_replacement_schedules(digits, digits_mlp):
-    by_layer = robust_finetune(digits_cnn_like(digits), digits, degree=3, progressive="layers", epochs=4)
-    assert [s.label for s in by_layer.stages] == ["layers ['features.2']", "layers ['features.2', 'features.6']"]
+def test_progressive_replacement_schedules(digits):
+    torch.manual_seed(0)
+    model = polyact.models.build_model("mlp", digits.input_shape, 10, "relu", hidden=(16, 16))
+    train_classifier(model, digits, epochs=1)
+    by_layer = robust_finetune(model, digits, degree=3, progressive="layers", epochs=2)
+    assert [s.label for s in by_layer.stages] == ["layers ['layers.2']", "layers ['layers.2', 'layers.4']"]
     assert len(polyact_layers(by_layer.pann)) == 2
-    by_degree = robust_finetune(digits_mlp, digits, degree=3, progressive="degree", epochs=4)
+    by_degree = robust_finetune(model, digits, degree=3, progressive="degree", epochs=3)
     degrees = [s.label for s in by_degree.stages]
     assert degrees == [f"precision {{'degree': {d}}}" for d in (15, 7, 3)]
-    assert polyact_layers(by_degree.pann)["layers.2"].degree == 3
-
-
-def digits_cnn_like(digits):
-    torch.manual_seed(0)
-    model = polyact.models.build_model("cnn", digits.input_shape, 10, "relu")
-    train_classifier(model, digits, epochs=2)
-    return model
+    assert {layer.degree for layer in polyact_layers(by_degree.pann).values()} == {3}
 
 
 def test_noise_training_and_pann_fine_tuning(digits, digits_mlp):
