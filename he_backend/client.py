@@ -11,11 +11,12 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from .compile import Plan, PlanLayout
-from .keys import KeyHolder
+from .keys import KeyHolder, write_private
 from .serialization import PayloadError, pack, seal_from_bytes, unpack
 
 CIPHERTEXTS = "ciphertexts"
 RESULTS = "results"
+KEY_FIELD = "key"  # header field: fingerprint of the public context the ciphertexts belong to
 
 
 def layout_header(plan: Plan | PlanLayout) -> dict[str, Any]:
@@ -68,13 +69,17 @@ class Client:
             for b, sample in enumerate(group):
                 slots[b * block : b * block + sample.size] = sample
             blobs.append(self.keys.encrypt_bytes(slots))
-        return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per}, blobs)
+        return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per,
+                                  KEY_FIELD: self.keys.fingerprint}, blobs)
 
     def decrypt(self, data: bytes) -> np.ndarray:
         """Results of :meth:`he_backend.server.Server.run` as an ``(n, output_length)`` array."""
         header, blobs = unpack(data, RESULTS)
         if header.get("block") != self.plan.block or header.get("output_length") != self.plan.output_length:
             raise PayloadError("these results were computed for another plan than this client's")
+        if header.get(KEY_FIELD) != self.keys.fingerprint:
+            raise PayloadError(f"these results were computed with keys {header.get(KEY_FIELD)!r}, not this client's "
+                               f"({self.keys.fingerprint}); decrypt them with the client that encrypted the inputs")
         context = self.keys.engine.context
         rows = []
         per, total = header["per_ciphertext"], header["samples"]
@@ -86,8 +91,8 @@ class Client:
         return np.array(rows)
 
     def save(self, path: str | Path) -> None:
-        """Write the secret key (private!) so that this client can decrypt later."""
-        Path(path).write_bytes(self.keys.private_bytes())
+        """Write the secret key (file mode 0600) so that this client can decrypt later."""
+        write_private(path, self.keys.private_bytes())
 
     @classmethod
     def load(cls, plan: Plan | PlanLayout, path: str | Path) -> "Client":
