@@ -83,8 +83,9 @@ def _load(path: str | Path, expected: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a polyact file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # torch's own message advises weights_only=False: unsafe, so not repeated
+        raise ValueError(f"{path} is not a polyact file (torch.load(weights_only=True) cannot read it as plain "
+                         f"tensors: {type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != expected:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not a {expected} file (found {found!r})")

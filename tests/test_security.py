@@ -99,3 +99,23 @@ def test_malformed_section_lists_are_payload_errors(sections):
     with pytest.raises(PayloadError, match="'sections' must be a list of byte counts"):
         unpack(forged, "x")
     assert unpack(data, "x")[1] == [b"abc"]
+
+
+def test_the_client_warns_or_refuses_inputs_outside_the_calibrated_range(plan, digits):
+    import warnings
+
+    low, high = float(digits.x_train.min()), float(digits.x_train.max())
+    bundle = he_backend.ClientBundle(plan.layout(), (low, high))
+    client = he_backend.ClientBundle.from_bytes(bundle.to_bytes()).client()
+    x = digits.x_test[:4].numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.encrypt(x)  # the test set lies in the training range: silent
+        client.encrypt(x + 0.09 * (high - low))  # within the 10% margin: silent
+    with pytest.warns(he_backend.InputRangeWarning, match=rf"outside the calibrated input range \[{low:.4g}, {high:.4g}\]"):
+        client.encrypt(10 * x)
+    with pytest.warns(he_backend.InputRangeWarning):
+        client.encrypt(x - 0.11 * (high - low) - low)  # just below the margin
+    strict = bundle.client(strict=True)
+    with pytest.raises(ValueError, match="strict mode refuses them"):
+        strict.encrypt(10 * x)
