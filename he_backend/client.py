@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,17 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from .compile import Plan, PlanLayout
-from .keys import KeyHolder
+from .keys import KeyHolder, write_private
 from .serialization import PayloadError, pack, seal_from_bytes, unpack
 
 CIPHERTEXTS = "ciphertexts"
 RESULTS = "results"
+KEY_FIELD = "key"  # header field: fingerprint of the public context the ciphertexts belong to
+INPUT_MARGIN = 0.1  # inputs may pass the calibrated range by this fraction of its width (convert's margin)
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs outside the range the PANN was calibrated on."""
 
 
 def layout_header(plan: Plan | PlanLayout) -> dict[str, Any]:
@@ -28,11 +34,31 @@ class Client:
     """Keys and packing for one plan (a :class:`Plan` or just its :class:`PlanLayout`). The
     secret key never leaves this object; :meth:`public_context` is what the server gets."""
 
-    def __init__(self, plan: Plan | PlanLayout, keys: KeyHolder | None = None) -> None:
+    def __init__(self, plan: Plan | PlanLayout, keys: KeyHolder | None = None, *,
+                 input_range: tuple[float, float] | None = None, strict: bool = False) -> None:
         self.plan = plan.layout() if isinstance(plan, Plan) else plan
         self.keys = keys if keys is not None else KeyHolder(plan.params, plan.rotations)
         if self.keys.params != plan.params:
             raise ValueError("these keys were made for other parameters than the plan's")
+        self.input_range = input_range
+        self.strict = strict
+
+    def _check_range(self, flat: np.ndarray) -> None:
+        """Warn (``strict``: raise) when inputs leave the calibrated range widened by
+        :data:`INPUT_MARGIN` of its width: the PANN's polynomials are only accurate inside it."""
+        if self.input_range is None:
+            return
+        low, high = self.input_range
+        pad = INPUT_MARGIN * (high - low)
+        seen = float(flat.min()), float(flat.max())
+        if seen[0] >= low - pad and seen[1] <= high + pad:
+            return
+        message = (f"inputs range over [{seen[0]:.4g}, {seen[1]:.4g}], outside the calibrated input range "
+                   f"[{low:.4g}, {high:.4g}] (±{INPUT_MARGIN:.0%}): the encrypted result would be unreliable; "
+                   "scale the inputs like the training data")
+        if self.strict:
+            raise ValueError(message + " (strict mode refuses them)")
+        warnings.warn(message, InputRangeWarning, stacklevel=3)
 
     def public_context(self) -> bytes:
         """Parameters and evaluation keys for the server (no secret key)."""
@@ -59,6 +85,7 @@ class Client:
         ciphertext with sample packing, ``plan.samples_per_ciphertext`` per ciphertext with batch
         packing."""
         flat = self._as_batch(x)
+        self._check_range(flat)
         per = self.plan.samples_per_ciphertext
         block = self.plan.block
         blobs = []
@@ -68,13 +95,17 @@ class Client:
             for b, sample in enumerate(group):
                 slots[b * block : b * block + sample.size] = sample
             blobs.append(self.keys.encrypt_bytes(slots))
-        return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per}, blobs)
+        return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per,
+                                  KEY_FIELD: self.keys.fingerprint}, blobs)
 
     def decrypt(self, data: bytes) -> np.ndarray:
         """Results of :meth:`he_backend.server.Server.run` as an ``(n, output_length)`` array."""
         header, blobs = unpack(data, RESULTS)
         if header.get("block") != self.plan.block or header.get("output_length") != self.plan.output_length:
             raise PayloadError("these results were computed for another plan than this client's")
+        if header.get(KEY_FIELD) != self.keys.fingerprint:
+            raise PayloadError(f"these results were computed with keys {header.get(KEY_FIELD)!r}, not this client's "
+                               f"({self.keys.fingerprint}); decrypt them with the client that encrypted the inputs")
         context = self.keys.engine.context
         rows = []
         per, total = header["per_ciphertext"], header["samples"]
@@ -86,12 +117,13 @@ class Client:
         return np.array(rows)
 
     def save(self, path: str | Path) -> None:
-        """Write the secret key (private!) so that this client can decrypt later."""
-        Path(path).write_bytes(self.keys.private_bytes())
+        """Write the secret key (file mode 0600) so that this client can decrypt later."""
+        write_private(path, self.keys.private_bytes())
 
     @classmethod
-    def load(cls, plan: Plan | PlanLayout, path: str | Path) -> "Client":
-        return cls(plan, KeyHolder.from_private_bytes(Path(path).read_bytes()))
+    def load(cls, plan: Plan | PlanLayout, path: str | Path, **options: Any) -> "Client":
+        """The client saved by :meth:`save` (``options``: ``input_range``, ``strict``)."""
+        return cls(plan, KeyHolder.from_private_bytes(Path(path).read_bytes()), **options)
 
 
 class ServiceError(RuntimeError):
@@ -103,40 +135,78 @@ class ServiceError(RuntimeError):
 
 
 class RemoteClient:
-    """A client of the HTTP service (:mod:`he_backend.service`): fetches the plan's layout
-    (parameters and packing, no weights), makes keys,
-    uploads the public context once (a session), then :meth:`infer` encrypts, posts and
-    decrypts. The secret key stays in this object."""
+    """A client of the HTTP service (:mod:`he_backend.service`): fetches the client bundle (the
+    plan's layout and calibrated input range, no weights), makes keys, uploads the public context
+    once (a session), then :meth:`infer` encrypts, posts and decrypts. The secret key stays in
+    this object.
 
-    def __init__(self, url: str, *, timeout: float = 600.0, client: Client | None = None) -> None:
+    One kept-alive HTTP connection (httpx); requests that fail in transport are retried
+    ``retries`` times with exponential backoff, and a session the server no longer knows
+    (expired, or the server restarted) is renewed by uploading the public context again.
+    ``token``: the bearer token of a service started with ``--token-file``; ``verify``: ``True``,
+    ``False`` or a CA bundle path for ``https://`` URLs."""
+
+    def __init__(self, url: str, *, timeout: float = 600.0, client: Client | None = None, token: str | None = None,
+                 verify: bool | str = True, retries: int = 3, strict: bool = False) -> None:
+        import httpx
+
+        from .bundle import ClientBundle
+
         self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.plan = PlanLayout.from_bytes(self._request("GET", "/layout"))
-        self.client = client or Client(self.plan)
-        self.session = json.loads(self._request("POST", "/sessions", self.client.public_context()))["session"]
+        self.retries = retries
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify, headers=headers)
+        bundle = ClientBundle.from_bytes(self._request("GET", "/client-bundle"))
+        self.plan = bundle.layout
+        self.client = client or bundle.client(strict=strict)
+        self.session = self._open_session()
+
+    def _open_session(self) -> str:
+        return json.loads(self._request("POST", "/sessions", self.client.public_context()))["session"]
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        request = urllib.request.Request(self.url + path, data=body, method=method,
-                                         headers={"Content-Type": "application/octet-stream"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
+        import httpx
+
+        for attempt in range(self.retries + 1):
             try:
-                detail = json.loads(detail).get("detail", detail)
+                response = self.http.request(method, path, content=body,
+                                             headers={"Content-Type": "application/octet-stream"})
+                break
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
             except (ValueError, AttributeError):
-                pass
-            raise ServiceError(exc.code, str(detail)) from None
+                detail = response.text
+            raise ServiceError(response.status_code, str(detail))
+        return response.content
 
     def infer(self, x: Any) -> np.ndarray:
         """Encrypted inference of ``x`` (``(n, *input_shape)`` or one sample): ``(n, outputs)``."""
         return self.client.decrypt(self.infer_bytes(self.client.encrypt(x)))
 
     def infer_bytes(self, payload: bytes) -> bytes:
-        """Post already encrypted bytes; returns the result bytes."""
+        """Post already encrypted bytes; returns the result bytes (renewing an expired session once)."""
+        try:
+            return self._request("POST", f"/sessions/{self.session}/infer", payload)
+        except ServiceError as exc:
+            if exc.status != 404:
+                raise
+        self.session = self._open_session()
         return self._request("POST", f"/sessions/{self.session}/infer", payload)
 
     def close(self) -> None:
-        """Delete the session on the server."""
-        self._request("DELETE", f"/sessions/{self.session}")
+        """Delete the session on the server and close the connection."""
+        try:
+            self._request("DELETE", f"/sessions/{self.session}")
+        finally:
+            self.http.close()
+
+    def __enter__(self) -> "RemoteClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,7 +11,10 @@ such bytes are refused by :class:`he_backend.server.Server`.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +33,25 @@ class SecretKeyRefused(PayloadError):
     """A server was handed key material that contains a secret key."""
 
 
+def key_fingerprint(public_context: bytes) -> str:
+    """SHA-256 (hex) of a serialised public context: the name of a key pair. Every ciphertext
+    batch carries the fingerprint of the keys it was encrypted for, so a server holding other
+    keys refuses it instead of computing garbage."""
+    return hashlib.sha256(bytes(public_context)).hexdigest()
+
+
+def write_private(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable and writable by its owner only (mode 0600), also
+    when the file already existed with a wider mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb", closefd=False) as fh:
+            fh.write(data)
+    finally:
+        os.close(fd)
+
+
 def _params_of(parameters: sa.EncryptionParameters, scale_bits: int) -> CkksParams:
     bits = tuple(m.bit_count() for m in parameters.coeff_modulus())
     return CkksParams(parameters.poly_modulus_degree(), bits, scale_bits)
@@ -38,37 +60,48 @@ def _params_of(parameters: sa.EncryptionParameters, scale_bits: int) -> CkksPara
 class KeyHolder:
     """Generates and keeps a secret key; encrypts and decrypts slot vectors."""
 
-    def __init__(self, params: CkksParams, rotations: Sequence[int] = (), *, _secret: sa.SecretKey | None = None) -> None:
+    def __init__(self, params: CkksParams, rotations: Sequence[int] = (), *, _secret: sa.SecretKey | None = None,
+                 _public: bytes | None = None) -> None:
         self.params = params
         self.rotations = sorted(set(int(r) for r in rotations))
         self.engine = Engine(params)
         generator = sa.KeyGenerator(self.engine.context) if _secret is None else sa.KeyGenerator(self.engine.context, _secret)
         self._secret = generator.secret_key()
-        self._relin = generator.create_relin_keys()
-        self._galois = generator.create_galois_keys(self.rotations) if self.rotations else None
         self._encryptor = sa.Encryptor(self.engine.context, self._secret)
         self._decryptor = sa.Decryptor(self.engine.context, self._secret)
-        public = load_public_context(self.public_context())
+        if _public is None:  # fresh evaluation keys; a restored holder keeps its own (same fingerprint)
+            sections = [seal_to_bytes(self.engine.parameters), seal_to_bytes(generator.create_relin_keys())]
+            if self.rotations:
+                sections.append(seal_to_bytes(generator.create_galois_keys(self.rotations)))
+            _public = pack(PUBLIC_KIND, {"scale_bits": params.scale_bits, "rotations": self.rotations}, sections)
+        self._public = bytes(_public)
+        self.fingerprint = key_fingerprint(self._public)
+        public = load_public_context(self._public)
+        if public.params != params:
+            raise PayloadError(f"the stored public context is for {public.params}, the secret key for {params}")
         self.engine.load_keys(public.relin_keys, public.galois_keys)
 
     def public_context(self) -> bytes:
-        """Parameters, relinearisation keys and Galois keys; never the secret key."""
-        sections = [seal_to_bytes(self.engine.parameters), seal_to_bytes(self._relin)]
-        if self._galois is not None:
-            sections.append(seal_to_bytes(self._galois))
-        return pack(PUBLIC_KIND, {"scale_bits": self.params.scale_bits, "rotations": self.rotations}, sections)
+        """Parameters, relinearisation keys and Galois keys; never the secret key. Always the
+        same bytes for one holder (their SHA-256 is :attr:`fingerprint`)."""
+        return self._public
 
     def private_bytes(self) -> bytes:
-        """Everything to restore this holder later, secret key included: keep it private."""
+        """Everything to restore this holder later (secret key and public context): keep it
+        private (:func:`write_private`)."""
         header = {"params": self.params.to_dict(), "rotations": self.rotations}
-        return pack(PRIVATE_KIND, header, [seal_to_bytes(self._secret)])
+        return pack(PRIVATE_KIND, header, [seal_to_bytes(self._secret), self._public])
 
     @classmethod
     def from_private_bytes(cls, data: bytes) -> "KeyHolder":
         header, sections = unpack(data, PRIVATE_KIND)
-        params = CkksParams.from_dict(header["params"])
+        try:
+            params = CkksParams.from_dict(header["params"])
+            rotations = [int(r) for r in header["rotations"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError(f"corrupted private key file: {exc}") from exc
         secret = seal_from_bytes(sa.SecretKey, sections[0], Engine(params).context, "secret key")
-        return cls(params, header["rotations"], _secret=secret)
+        return cls(params, rotations, _secret=secret, _public=sections[1] if len(sections) > 1 else None)
 
     def encrypt(self, values: np.ndarray, level: int | None = None) -> sa.Ciphertext:
         """Encrypt a slot vector (zero-padded) at ``level`` (default: the top) and the scale."""

@@ -70,6 +70,8 @@ def unpack(data: bytes, kind: str) -> tuple[dict[str, Any], list[bytes]]:
         raise PayloadError(f"truncated {kind}: {len(data)} bytes")
     (size,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
     start = len(MAGIC) + 4
+    if start + size > len(data):
+        raise PayloadError(f"truncated {kind}: the header alone announces {size} bytes, {len(data) - start} follow")
     try:
         header = json.loads(data[start : start + size])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -78,6 +80,8 @@ def unpack(data: bytes, kind: str) -> tuple[dict[str, Any], list[bytes]]:
         found = header.get("kind") if isinstance(header, dict) else None
         raise PayloadError(f"expected a polyact {kind}, got a {found!r}")
     lengths = header.get("sections", [])
+    if not isinstance(lengths, list) or not all(type(n) is int and n >= 0 for n in lengths):
+        raise PayloadError(f"corrupted {kind}: the header's 'sections' must be a list of byte counts, got {lengths!r}")
     offset = start + size
     if offset + sum(lengths) != len(data):
         raise PayloadError(

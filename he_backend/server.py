@@ -5,9 +5,9 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from .ckks import Engine
-from .client import CIPHERTEXTS, RESULTS, layout_header
+from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
 from .compile import Plan
-from .keys import load_public_context
+from .keys import key_fingerprint, load_public_context
 from .layers import AffineStep, PlaintextCache, Runner
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
 
@@ -28,6 +28,7 @@ class Server:
         if missing or (plan.rotations and public.galois_keys is None):
             raise PayloadError(f"the public context lacks Galois keys for rotations {sorted(missing)}")
         self.plan = plan
+        self.fingerprint = key_fingerprint(public_context)
         self.engine = Engine(plan.params)
         self.engine.load_keys(public.relin_keys, public.galois_keys)
         self.runner = Runner(self.engine, plan.block, plan.baby, cache)
@@ -59,6 +60,12 @@ class Server:
         wrong = {k: header.get(k) for k in expected if header.get(k) != expected[k]}
         if wrong:
             raise PayloadError(f"these ciphertexts were packed for another plan ({wrong} differ from {expected})")
+        if header.get(KEY_FIELD) != self.fingerprint:
+            raise PayloadError(
+                f"these ciphertexts were encrypted for the keys with fingerprint {header.get(KEY_FIELD)!r}, but this "
+                f"server (session) holds the public context {self.fingerprint}: send them to the session created "
+                "with the same client's public_context()"
+            )
         samples, per = header.get("samples"), header.get("per_ciphertext")
         if not isinstance(samples, int) or not isinstance(per, int) or per < 1 or -(-samples // per) != len(blobs):
             raise PayloadError(f"the batch header announces {samples} samples at {per} per ciphertext but holds {len(blobs)} ciphertexts")
@@ -66,4 +73,5 @@ class Server:
         for blob in blobs:
             ct = seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "ciphertext")
             outputs.append(seal_to_bytes(self.evaluate(ct)))
-        return pack(RESULTS, {**expected, "samples": samples, "per_ciphertext": per}, outputs)
+        return pack(RESULTS, {**expected, "samples": samples, "per_ciphertext": per, KEY_FIELD: self.fingerprint},
+                    outputs)

@@ -100,7 +100,9 @@ def _add_data_and_model(p: argparse.ArgumentParser) -> None:
                         "(one subfolder per class) (default: digits)")
     p.add_argument("--model", default="cnn",
                    help="zoo architecture to train (mlp, cnn, resnet) or a model / PANN file saved by polyact (default: cnn)")
-    p.add_argument("--factory", help="for a plain state-dict file: the architecture as package.module:function")
+    p.add_argument("--factory", help="the architecture of a state-dict file, or of a polyact file naming a factory "
+                                     "outside polyact: package.module:function (current directory importable) "
+                                     "or path/to/file.py:function; runs that code, so name only code you trust")
     p.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments for --factory")
     p.add_argument("--activation", default="relu", help="activation of a zoo model (default: relu)")
     p.add_argument("--epochs", type=int, default=20, help="training epochs of a zoo model (default: 20)")
@@ -123,7 +125,7 @@ def _load_data_and_model(args: argparse.Namespace):
     import torch
 
     from .data import load_dataset
-    from .models import ARCHITECTURES, build_model, resolve_factory
+    from .models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
     from .storage import file_format, load_model, load_pann
     from .trainer import evaluate, train_classifier
 
@@ -134,23 +136,32 @@ def _load_data_and_model(args: argparse.Namespace):
         train_classifier(model, data, epochs=args.epochs, seed=args.seed, progress=True,
                          optimizer=getattr(args, "optimizer", "adamw"), lr=getattr(args, "lr", 3e-3),
                          weight_decay=getattr(args, "weight_decay", 0.0))
-    elif args.factory:
-        model = resolve_factory(args.factory)(**json.loads(args.factory_kwargs))
-        state = torch.load(args.model, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-        model.eval()
     else:
         try:
             kind = file_format(args.model)
         except ValueError as exc:
-            if _is_torchscript(args.model):
+            if args.factory:  # a plain state dict of the user's architecture
+                kwargs = json.loads(args.factory_kwargs)
+                model = resolve_factory(args.factory)(**kwargs)
+                state = torch.load(args.model, map_location="cpu", weights_only=True)
+                model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+                setattr(model, FACTORY_ATTR, (args.factory, kwargs))  # saved with the PANN
+                model.eval()
+            elif _is_torchscript(args.model):
                 raise ValueError(f"{args.model} is TorchScript: its compiled code cannot be rewritten into a PANN; "
                                  "save the state dict and give --factory package.module:function") from exc
-            raise ValueError(f"{exc}; for a plain state dict give --factory package.module:function") from exc
-        model = load_pann(args.model) if kind == "pann" else load_model(args.model)
+            else:
+                raise ValueError(f"{exc}; for a plain state dict give --factory package.module:function") from exc
+        else:
+            model = (load_pann if kind == "pann" else load_model)(args.model, factory=args.factory)
     print(f"{args.model} on {data.name}: test accuracy {evaluate(model, data.x_test, data.y_test):.2f}%",
           file=sys.stderr)
     return data, model
+
+
+def _input_range(data) -> tuple[float, float]:
+    """The range of the training inputs: what the PANN was calibrated for (kept in its file)."""
+    return float(data.x_train.min()), float(data.x_train.max())
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -185,7 +196,7 @@ def _run_convert(args: argparse.Namespace) -> int:
                            alpha=args.alpha, margin=args.margin, per_channel=args.per_channel,
                            maxpool=args.maxpool, progress=True)
     if args.out:
-        save_pann(pann, args.out, input_shape=data.input_shape)
+        save_pann(pann, args.out, input_shape=data.input_shape, input_range=_input_range(data))
     if args.json:
         print(json.dumps({**report.to_dict(), "pann_accuracy": evaluate(pann, data.x_test, data.y_test)}))
         return 0
@@ -303,7 +314,7 @@ def _run_train(args: argparse.Namespace) -> int:
         epochs=args.robust_epochs, lr=args.robust_lr, seed=args.seed,
     )
     if args.out:
-        save_pann(result.pann, args.out, input_shape=data.input_shape)
+        save_pann(result.pann, args.out, input_shape=data.input_shape, input_range=_input_range(data))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)  # reported below
         accuracy = evaluate(result.pann, data.x_test, data.y_test)

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 
-def _load_pann_file(path: str):
+def _load_pann_file(path: str, factory: str | None = None):
     from .storage import INPUT_SHAPE_ATTR, load_pann
 
-    pann = load_pann(path).double().eval()
+    pann = load_pann(path, factory=factory).double().eval()
     shape = getattr(pann, INPUT_SHAPE_ATTR, None)
     if not shape:
         raise ValueError(f"{path} does not record its input shape; re-save it with save_pann(..., input_shape=...)")
@@ -22,8 +22,29 @@ def _load_pann_file(path: str):
 def _compile(args: argparse.Namespace):
     import he_backend
 
-    pann, shape = _load_pann_file(args.pann)
+    pann, shape = _load_pann_file(args.pann, args.factory)
     return pann, he_backend.compile(pann, shape, args.packing, min_scale_bits=args.min_scale_bits)
+
+
+def _deployment(args: argparse.Namespace):
+    """The server bundle ``args.pann`` names (a bundle file or folder), or one compiled from a
+    PANN file; and the plaintext reference (the PANN, or the plan's float64 twin)."""
+    from he_backend.bundle import ServerBundle, is_bundle, load_server_bundle
+
+    from .storage import INPUT_RANGE_ATTR
+
+    if is_bundle(args.pann):
+        bundle = load_server_bundle(args.pann)
+        return bundle, bundle.plan.simulate
+    pann, plan = _compile(args)
+
+    def reference(x):
+        import torch
+
+        with torch.no_grad():
+            return pann(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+    return ServerBundle(plan, getattr(pann, INPUT_RANGE_ATTR, None)), reference
 
 
 def add_demo(sub, command) -> None:
@@ -58,10 +79,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_plan_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pann", help="a PANN file written by `polyact convert --out` or `polyact train --out`")
+def _add_plan_options(p: argparse.ArgumentParser, bundles: bool = True) -> None:
+    p.add_argument("pann", help="a PANN file written by `polyact convert --out` or `polyact train --out`"
+                   + (", or a bundle folder / server.bundle written by `polyact compile --out`" if bundles else ""))
+    p.add_argument("--factory", help="for a PANN whose architecture is not one of polyact's: package.module:function "
+                                     "(current directory importable) or path/to/file.py:function; runs that code")
     p.add_argument("--packing", choices=("sample", "batch"), default="sample",
-                   help="one sample per ciphertext (latency, default) or many (throughput)")
+                   help="one sample per ciphertext (latency, default) or many (throughput); a bundle keeps its own")
     p.add_argument("--min-scale-bits", type=int, default=30,
                    help="precision floor: the CKKS scale in bits (default 30; outputs keep ~scale-15 bits)")
 
@@ -71,19 +95,26 @@ def add_compile(sub, command) -> None:
         sub, "compile", "compile a PANN into an encrypted-inference plan and print its cost",
         "Choose 128-bit-secure CKKS parameters for the PANN's depth and report depth, parameters,\n"
         "ciphertext sizes and operation counts per layer before anything is encrypted.",
-        ["polyact compile cnn.pann", "polyact compile cnn.pann --packing batch --out cnn.plan --json"],
+        ["polyact compile cnn.pann", "polyact compile cnn.pann --packing batch --out deploy --json",
+         "polyact compile net.pann --factory mynets.tabular:TabNet --out deploy"],
     )
-    _add_plan_options(p)
-    p.add_argument("--out", help="write the plan (what a server runs) to this file")
+    _add_plan_options(p, bundles=False)
+    p.add_argument("--out", help="write the deployment to this folder: server.bundle (plan and weights, for "
+                                 "`polyact serve` / `encrypt-run`) and client.bundle (layout and input range, no weights)")
     p.add_argument("--json", action="store_true", help="print the plan report as JSON")
     p.set_defaults(run=_run_compile)
 
 
 def _run_compile(args: argparse.Namespace) -> int:
-    _, plan = _compile(args)
-    if args.out:
-        Path(args.out).write_bytes(plan.to_bytes())
+    from he_backend.bundle import save_bundles
+
+    from .storage import INPUT_RANGE_ATTR
+
+    pann, plan = _compile(args)
     print(json.dumps(plan.report()) if args.json else plan.table())
+    if args.out:
+        written = save_bundles(plan, args.out, getattr(pann, INPUT_RANGE_ATTR, None))
+        print(f"wrote {written[0]} and {written[1]}", file=sys.stderr)
     return 0
 
 
@@ -108,25 +139,22 @@ def add_encrypt_run(sub, command) -> None:
 
 
 def _run_encrypt_run(args: argparse.Namespace) -> int:
-    import torch
-
     from he_backend.metrics import compare
     from he_backend.parallel import run_encrypted
 
     from .data import load_dataset
 
-    pann, plan = _compile(args)
+    bundle, reference = _deployment(args)
+    plan = bundle.plan
     data = load_dataset(args.dataset)
     if args.samples < 1:
         raise ValueError("--samples must be >= 1")
-    x, y = data.x_test[: args.samples].double(), data.y_test[: args.samples].numpy()
-    with torch.no_grad():
-        reference = pann(x).numpy()
-    result = run_encrypted(plan, x.numpy(), workers=args.workers, ray_address=args.ray_address)
+    x, y = data.x_test[: args.samples].double().numpy(), data.y_test[: args.samples].numpy()
+    result = run_encrypted(plan, x, workers=args.workers, ray_address=args.ray_address)
     figures = {
         "samples": len(x), "packing": plan.packing, "workers": args.workers, "depth": plan.depth,
         "poly_modulus_degree": plan.params.poly_modulus_degree, "scale_bits": plan.params.scale_bits,
-        **compare(result.outputs, reference, y), **result.seconds,
+        **compare(result.outputs, reference(x), y), **result.seconds,
     }
     if args.json:
         print(json.dumps(figures))
@@ -140,9 +168,12 @@ def _run_encrypt_run(args: argparse.Namespace) -> int:
 def add_serve(sub, command) -> None:
     p = command(
         sub, "serve", "serve a PANN over HTTP for encrypted inference (no secret key on the server)",
-        "Start the encrypted-inference service (FastAPI + uvicorn). Clients fetch the plan, upload\n"
+        "Start the encrypted-inference service (FastAPI + uvicorn) for a bundle written by\n"
+        "`polyact compile --out` (or a PANN, compiled at start). Clients fetch the client bundle, upload\n"
         "their public context once (a session), then post ciphertexts; see he_backend.client.RemoteClient.",
-        ["polyact serve cnn.pann --port 8000", "polyact serve mlp.pann --packing batch --host 0.0.0.0 --session-ttl 600"],
+        ["polyact serve deploy/ --port 8000",
+         "polyact serve deploy/ --host 0.0.0.0 --token-file tokens.txt --max-memory-gb 8 "
+         "--ssl-certfile cert.pem --ssl-keyfile key.pem"],
     )
     _add_plan_options(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
@@ -150,19 +181,33 @@ def add_serve(sub, command) -> None:
     p.add_argument("--session-ttl", type=float, default=900.0, help="seconds an idle session lives (default: 900)")
     p.add_argument("--max-sessions", type=int, default=16, help="sessions held at once (default: 16)")
     p.add_argument("--max-body-mb", type=float, default=128.0, help="largest request body in MB (default: 128)")
+    p.add_argument("--max-memory-gb", type=float,
+                   help="memory budget in GiB: new sessions beyond it get 503; a quarter of it (at most 2 GiB) "
+                        "holds the encoded weights (default: no budget)")
+    p.add_argument("--token-file", help="require Authorization: Bearer TOKEN; one 'TOKEN [SESSIONS]' per line, "
+                                        "SESSIONS the token's quota (default: --max-sessions)")
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     p.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from he_backend.auth import Tokens
     from he_backend.service import ServiceLimits, create_app
 
-    _, plan = _compile(args)
-    print(plan.table(), file=sys.stderr)
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise ValueError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    bundle, _ = _deployment(args)
+    print(bundle.plan.table(), file=sys.stderr)
     limits = ServiceLimits(session_ttl=args.session_ttl, max_sessions=args.max_sessions,
-                           max_body_bytes=int(args.max_body_mb * 1e6))
-    uvicorn.run(create_app(plan, limits), host=args.host, port=args.port, log_level="info")
+                           max_body_bytes=int(args.max_body_mb * 1e6),
+                           max_memory_bytes=int(args.max_memory_gb * 2**30) if args.max_memory_gb else None,
+                           cache_bytes=min(2 << 30, int(args.max_memory_gb * 2**28)) if args.max_memory_gb else 2 << 30)
+    tokens = Tokens.from_file(args.token_file, args.max_sessions) if args.token_file else None
+    uvicorn.run(create_app(bundle, limits, tokens), host=args.host, port=args.port, log_level="info",
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0
 
 

@@ -7,6 +7,10 @@ file alone (:func:`polyact.load_pann`).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch import nn
@@ -162,11 +166,49 @@ def build_model(
 
 
 def resolve_factory(path: str) -> Callable[..., nn.Module]:
-    """Import a model factory given as ``"package.module:function"``."""
-    module_name, _, attr = path.partition(":")
+    """Import a model factory given as ``"package.module:function"`` (importable from
+    ``sys.path`` or the current directory) or ``"path/to/file.py:function"``.
+
+    This runs the named module's code: call it only with names the user chose (see
+    :func:`polyact.storage.load_pann` for how files are kept from naming code)."""
+    module_name, _, attr = path.rpartition(":")
     if not module_name or not attr:
-        raise ValueError(f"a model factory is 'package.module:function', got {path!r}")
+        raise ValueError(f"a model factory is 'package.module:function' or 'path/to/file.py:function', got {path!r}")
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        module = _import_file(module_name) if module_name.endswith(".py") else _import_from_cwd(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError, OSError) as exc:
         raise ValueError(f"cannot import model factory {path!r}: {exc}") from exc
+
+
+def _import_from_cwd(name: str):
+    """``importlib.import_module(name)`` with the current directory importable, as ``python -m``
+    makes it (the ``polyact`` console script does not)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _import_file(filename: str):
+    """The module defined by a ``.py`` file (registered under a name derived from its path)."""
+    file = Path(filename).resolve()
+    if not file.is_file():
+        raise ImportError(f"{filename} does not exist")
+    name = "polyact_user_" + "_".join(p for p in file.with_suffix("").parts if p.isidentifier())
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

@@ -17,20 +17,109 @@ from polyact.storage import save_pann
 def pann_file(digits, digits_mlp, tmp_path_factory):
     pann, _ = convert(digits_mlp, digits, degree=5)
     path = tmp_path_factory.mktemp("cli") / "mlp.pann"
-    save_pann(pann, path, input_shape=digits.input_shape)
+    save_pann(pann, path, input_shape=digits.input_shape,
+              input_range=(float(digits.x_train.min()), float(digits.x_train.max())))
     return path, pann.double().eval()
 
 
-def test_compile_reports_the_plan_and_writes_it(pann_file, digits, tmp_path, capsys):
+def test_compile_reports_the_plan_and_writes_bundles(pann_file, digits, tmp_path, capsys):
     path, pann = pann_file
-    out = tmp_path / "mlp.plan"
+    out = tmp_path / "deploy"
     assert main(["compile", str(path), "--packing", "batch", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     expected = he_backend.compile(pann, digits.input_shape, "batch").report()
     assert report == json.loads(json.dumps(expected))
-    assert he_backend.Plan.from_bytes(out.read_bytes()).depth == report["depth"]
+    server = he_backend.load_server_bundle(out)
+    client = he_backend.load_client_bundle(out / "client.bundle")
+    assert server.plan.depth == report["depth"] and client.layout == server.plan.layout()
+    low, high = float(digits.x_train.min()), float(digits.x_train.max())
+    assert server.input_range == client.input_range == (low, high)
+    assert (out / "client.bundle").stat().st_size < 2000 < (out / "server.bundle").stat().st_size  # no weights
+    with pytest.raises(he_backend.PayloadError, match="expected a polyact server bundle"):
+        he_backend.load_server_bundle(out / "client.bundle")
     assert main(["compile", str(path)]) == 0
     assert "CKKS N=" in capsys.readouterr().out
+
+
+def test_encrypt_run_reads_a_bundle(pann_file, tmp_path, capsys):
+    path, _ = pann_file
+    assert main(["compile", str(path), "--min-scale-bits", "25", "--out", str(tmp_path / "deploy")]) == 0
+    capsys.readouterr()
+    assert main(["encrypt-run", str(tmp_path / "deploy"), "--samples", "4", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["samples"] == 4 and figures["agreement"] == 100.0 and figures["precision_bits"] > 8
+
+
+class Opaque:  # a pickled class: torch.load(weights_only=True) refuses it
+    pass
+
+
+def test_serve_refuses_non_polyact_files_without_unsafe_advice(tmp_path, capsys):
+    torch.save({"x": Opaque()}, tmp_path / "x.plan")
+    assert main(["encrypt-run", str(tmp_path / "x.plan")]) == 2
+    err = capsys.readouterr().err
+    assert "not a polyact file" in err and "weights_only=False" not in err and "weights_only` set to `False" not in err
+
+
+TABNET = """
+import torch
+from torch import nn
+
+
+class TabNet(nn.Module):
+    def __init__(self, features=64, hidden=24, classes=10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+@pytest.mark.slow
+def test_bring_your_own_model_end_to_end_through_the_command_line(digits, tmp_path):
+    """The README's path, as a user types it: state dict + --factory -> convert -> compile -> encrypt-run,
+    with the factory's package in the current directory and polyact started without it on sys.path."""
+    import subprocess
+    import sys
+
+    package = tmp_path / "mynets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tabular.py").write_text(TABNET)
+    namespace = {}
+    exec(TABNET, namespace)
+    torch.manual_seed(0)
+    net = namespace["TabNet"]()
+    from polyact.trainer import train_classifier
+
+    train_classifier(net, digits, epochs=5, seed=0)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+
+    def polyact(*argv):
+        # -P: the current directory is not put on sys.path (as with the installed `polyact` script)
+        result = subprocess.run([sys.executable, "-P", "-m", "polyact", *argv], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=600)
+        return result.returncode, result.stdout, result.stderr
+
+    code, _, err = polyact("convert", "--model", "net.pt", "--factory", "mynets.tabular:TabNet", "--degree", "5",
+                           "--out", "net.pann")
+    assert code == 0, err
+    from polyact.storage import UntrustedFactory, load_pann
+
+    with pytest.raises(UntrustedFactory, match="mynets.tabular:TabNet"):
+        load_pann(tmp_path / "net.pann")  # the factory is persisted, and not imported unasked
+    code, _, err = polyact("compile", "net.pann", "--out", "deploy", "--min-scale-bits", "25")
+    assert code == 2 and "--factory mynets.tabular:TabNet" in err
+    code, _, err = polyact("compile", "net.pann", "--factory", "mynets.tabular:TabNet", "--out", "deploy",
+                           "--min-scale-bits", "25")
+    assert code == 0, err
+    code, out, err = polyact("encrypt-run", "deploy", "--samples", "8", "--json")  # no factory needed any more
+    assert code == 0, err
+    figures = json.loads(out)
+    assert figures["agreement"] == 100.0 and figures["precision_bits"] > 8
+    code, _, err = polyact("compile", "net.pann", "--factory", f"{package / 'tabular.py'}:TabNet")
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("workers", [1, 2])
