@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import warnings
 from pathlib import Path
@@ -155,6 +156,8 @@ class RemoteClient:
         self.url = url.rstrip("/")
         self.retries = retries
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):  # a CA bundle (e.g. a self-signed server certificate)
+            verify = ssl.create_default_context(cafile=verify)
         self.http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify, headers=headers)
         bundle = ClientBundle.from_bytes(self._request("GET", "/client-bundle"))
         self.plan = bundle.layout

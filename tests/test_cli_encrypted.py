@@ -117,7 +117,7 @@ def test_bring_your_own_model_end_to_end_through_the_command_line(digits, tmp_pa
     code, out, err = polyact("encrypt-run", "deploy", "--samples", "8", "--json")  # no factory needed any more
     assert code == 0, err
     figures = json.loads(out)
-    assert figures["agreement"] == 100.0 and figures["precision_bits"] > 8
+    assert figures["agreement"] == 100.0 and figures["precision_bits"] > 6  # a 25-bit scale keeps ~8 bits
     code, _, err = polyact("compile", "net.pann", "--factory", f"{package / 'tabular.py'}:TabNet")
     assert code == 0, err
 

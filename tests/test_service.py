@@ -391,11 +391,15 @@ def test_polyact_serve_a_bundle_over_tls_with_tokens(pann, digits, tmp_path):
         assert client.client.input_range == (0.0, 1.0)  # the client bundle came along
         x = digits.x_test[:2].numpy()
         assert (client.infer(x).argmax(1) == reference(pann, x).argmax(1)).all()
-        with pytest.raises(httpx.ConnectError):  # plain HTTP is not served
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not served
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=TIMEOUT)
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # nor an unverified certificate
             httpx.get(url + "/health", timeout=TIMEOUT)
         client.close()
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
