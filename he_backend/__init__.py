@@ -7,8 +7,9 @@ from .client import Client
 from .compile import Plan, PlanLayout, compile
 from .keys import SecretKeyRefused
 from .params import CkksParams, ParameterError, choose_params
+from .refresh import CostModel, MaskPolicy, Rounds, run_interactive
 from .serialization import PayloadError
-from .server import Server
+from .server import RefreshRequired, Server
 
-__all__ = ["CkksParams", "Client", "ParameterError", "PayloadError", "Plan", "PlanLayout", "SecretKeyRefused", "Server",
-           "choose_params", "compile"]
+__all__ = ["CkksParams", "Client", "CostModel", "MaskPolicy", "ParameterError", "PayloadError", "Plan", "PlanLayout",
+           "RefreshRequired", "Rounds", "SecretKeyRefused", "Server", "choose_params", "compile", "run_interactive"]

@@ -12,6 +12,7 @@ import tenseal.sealapi as sa
 
 from .compile import Plan, PlanLayout
 from .keys import KeyHolder
+from .refresh import REPLY_KIND, REQUEST_KIND, Rounds, drive
 from .serialization import PayloadError, pack, seal_from_bytes, unpack
 
 CIPHERTEXTS = "ciphertexts"
@@ -85,6 +86,24 @@ class Client:
                 rows.append(slots[b * self.plan.block : b * self.plan.block + self.plan.output_length])
         return np.array(rows)
 
+    def refresh(self, data: bytes) -> bytes:
+        """Answer a server's refresh request: decrypt the masked ciphertexts, keep the real parts
+        and re-encrypt them at the top level (seeded). The values seen here are masked: the
+        true value plus the server's uniform mask (see :mod:`he_backend.refresh`)."""
+        header, blobs = unpack(data, REQUEST_KIND)
+        expected = layout_header(self.plan)
+        if any(header.get(k) != v for k, v in expected.items()):
+            raise PayloadError("this refresh request was made for another plan than this client's")
+        if header.get("count") != len(blobs) or not isinstance(header.get("round"), str):
+            raise PayloadError(f"corrupted refresh request: it announces {header.get('count')} ciphertexts "
+                               f"and holds {len(blobs)}")
+        context = self.keys.engine.context
+        fresh = [self.keys.encrypt_bytes(self.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, context,
+                                                                          "masked ciphertext")))
+                 for blob in blobs]
+        return pack(REPLY_KIND, {**expected, "round": header["round"], "refresh": header.get("refresh"),
+                                 "count": len(fresh)}, fresh)
+
     def save(self, path: str | Path) -> None:
         """Write the secret key (private!) so that this client can decrypt later."""
         Path(path).write_bytes(self.keys.private_bytes())
@@ -114,6 +133,7 @@ class RemoteClient:
         self.plan = PlanLayout.from_bytes(self._request("GET", "/layout"))
         self.client = client or Client(self.plan)
         self.session = json.loads(self._request("POST", "/sessions", self.client.public_context()))["session"]
+        self.rounds = Rounds()
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
         request = urllib.request.Request(self.url + path, data=body, method=method,
@@ -134,8 +154,12 @@ class RemoteClient:
         return self.client.decrypt(self.infer_bytes(self.client.encrypt(x)))
 
     def infer_bytes(self, payload: bytes) -> bytes:
-        """Post already encrypted bytes; returns the result bytes."""
-        return self._request("POST", f"/sessions/{self.session}/infer", payload)
+        """Post already encrypted bytes; returns the result bytes (after the refresh rounds the
+        plan needs; bytes per round are appended to :attr:`rounds`)."""
+        self.rounds = Rounds()
+        return drive(lambda body: self._request("POST", f"/sessions/{self.session}/infer", body),
+                     lambda body: self._request("POST", f"/sessions/{self.session}/round", body),
+                     self.client.refresh, payload, self.rounds)
 
     def close(self) -> None:
         """Delete the session on the server."""
