@@ -232,7 +232,7 @@ class Plan:
             down, up = refresh_bytes(n, len(c.names), c.mask_level, top)
             cuts.append({"before": self.steps[c.position].name, "values": list(c.names), "bounds": list(c.bounds),
                          "mask_level": c.mask_level, "bytes_down": down, "bytes_up": up,
-                         "precision_bits": refresh_precision_bits(self.params, max(c.bounds), self.mask.sigma)})
+                         "precision_bits": refresh_precision_bits(self.mask.sigma)})
         return {"rounds": len(self.cuts), "sigma": self.mask.sigma, "margin": self.mask.margin,
                 "leakage": leakage_bound(self.mask.sigma) if self.cuts else None,
                 "bytes_down": sum(c["bytes_down"] for c in cuts), "bytes_up": sum(c["bytes_up"] for c in cuts),
@@ -261,6 +261,10 @@ class Plan:
     def simulate(self, x: np.ndarray) -> np.ndarray:
         """The plan in float64 without encryption (folded weights, folded stages): the
         plaintext twin of the whole network, ``(n, *input_shape) -> (n, output_length)``."""
+        return self.trace(x)[self.output]  # a refresh is the identity on plaintexts
+
+    def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every step's value in the float64 twin (``(n, length)`` by step name, and the input)."""
         values = {INPUT: np.asarray(x, dtype=np.float64).reshape(len(x), -1)}
         for s in self.steps:
             if isinstance(s, AffineStep):
@@ -268,7 +272,7 @@ class Plan:
                     sum(values[src] @ w.T for src, w in zip(s.sources, s.weights)) + s.bias
                 continue
             values[s.name] = poly_values(s, values[s.source])
-        return values[self.output]  # a refresh is the identity on plaintexts
+        return values
 
     # ---- bytes ------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
