@@ -293,3 +293,74 @@ def test_bad_round_bytes_are_rejected(mlp_plan, mlp_pair, digits):
     request_header, masked = _fields(request, REQUEST_KIND)
     with pytest.raises(he_backend.PayloadError, match="another plan"):
         client.refresh(pack(REQUEST_KIND, {**request_header, "block": 2 * mlp_plan.block}, masked))
+
+
+@pytest.mark.slow
+def test_noise_flooding_adds_gaussian_noise_of_the_given_width(mlp_plan, mlp_pair, digits):
+    client, server = mlp_pair
+    flooded = he_backend.Server(mlp_plan, client.public_context(), flood_std=2.0**-8)
+    x = digits.x_test[:8].numpy()
+    plain = client.decrypt(he_backend.run_interactive(client, server, client.encrypt(x)))
+    noisy = client.decrypt(he_backend.run_interactive(client, flooded, client.encrypt(x)))
+    assert np.std(noisy - plain) == pytest.approx(2.0**-8, rel=0.3)
+    with pytest.raises(ValueError, match="flood_std must be >= 0"):
+        he_backend.Server(mlp_plan, client.public_context(), flood_std=-1.0)
+
+
+# ---- the command line and the HTTP service --------------------------------------------------------
+@pytest.mark.slow
+def test_encrypt_run_drives_refresh_rounds(mlp, digits, tmp_path, capsys):
+    from polyact.cli import main
+    from polyact.storage import save_pann
+
+    path = tmp_path / "mlp.pann"
+    save_pann(mlp, path, input_shape=digits.input_shape)
+    argv = ["encrypt-run", str(path), "--samples", "8", "--packing", "batch", "--max-levels", "4", "--json"]
+    assert main(argv) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["rounds"] >= 1 and figures["bytes_down"] > 0 and figures["bytes_up"] > 0
+    assert figures["agreement"] == 100.0
+    assert main(argv[:-1] + ["--workers", "2"]) == 2
+    assert "refresh round" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def service(mlp_plan):
+    import uvicorn
+
+    from he_backend.service import ServiceLimits, create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(mlp_plan, ServiceLimits(max_body_bytes=20_000_000)),
+                                           log_level="warning"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield "http://127.0.0.1:%d" % sock.getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.slow
+def test_service_rounds_per_session(service, mlp_plan, digits):
+    from he_backend.client import RemoteClient, ServiceError
+
+    remote = RemoteClient(service)
+    assert remote.plan.refreshes == len(mlp_plan.cuts)
+    x = digits.x_test[:8].numpy()
+    out = remote.infer(x)
+    assert (out.argmax(1) == mlp_plan.simulate(x).argmax(1)).all()
+    assert remote.rounds.count == len(mlp_plan.cuts) and remote.rounds.totals()["bytes_up"] > 0
+    first = urllib.request.urlopen(urllib.request.Request(f"{service}/sessions/{remote.session}/infer",
+                                                          data=remote.client.encrypt(x), method="POST"))
+    assert first.headers["X-Polyact-Kind"] == REQUEST_KIND and int(first.headers["X-Polyact-Bytes-Out"]) > 0
+    request = first.read()
+    other = RemoteClient(service)  # another session cannot answer this session's round
+    with pytest.raises(ServiceError, match="400.*answers no round"):
+        other._request("POST", f"/sessions/{other.session}/round", remote.client.refresh(request))
+    with pytest.raises(ServiceError, match="400.*bad refresh reply"):
+        remote._request("POST", f"/sessions/{remote.session}/round", b"POLYACT" + bytes(40))
+    remote.close()
+    other.close()
