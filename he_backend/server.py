@@ -30,8 +30,8 @@ class RefreshRequired(PayloadError):
 
 @dataclass
 class _Job:
-    """An inference between rounds: per ciphertext its live values (ciphertexts) and the real
-    parts of the masks of the refresh in flight; the header of the client's batch."""
+    """An inference between rounds: per ciphertext its values (ciphertexts; empty while a
+    refresh is in flight) and the real parts of that refresh's masks; the client's batch header."""
 
     header: dict
     values: list[dict[str, sa.Ciphertext]]
@@ -121,29 +121,31 @@ class Server:
         return self._advance(_Job({**expected, "samples": samples, "per_ciphertext": per}, values, 0, []))
 
     def _advance(self, job: _Job) -> bytes:
-        """Run the job's current segment; answer with results or the next refresh request."""
+        """Run the job's current segment, one ciphertext at a time (only its results or masked
+        live values are kept); answer with the results or the next refresh request."""
         start, stop = self.plan.segments[job.cut]
-        job.values = [self._segment(v, start, stop) for v in job.values]
-        if job.cut == len(self.plan.cuts):
-            outputs = [v[self.plan.output] for v in job.values]
-            if self.flood_std:
-                outputs = [flood(self.engine, ct, self.flood_std) for ct in outputs]
-            return pack(RESULTS, job.header, [seal_to_bytes(ct) for ct in outputs])
-        cut = self.plan.cuts[job.cut]
-        masked, job.masks = [], []
-        for v in job.values:
+        last = job.cut == len(self.plan.cuts)
+        sections, job.masks = [], []
+        for i, v in enumerate(job.values):
+            v = self._segment(v, start, stop)
+            job.values[i] = {}  # the refreshed copies replace everything at the next round
+            if last:
+                ct = v[self.plan.output]
+                sections.append(seal_to_bytes(flood(self.engine, ct, self.flood_std) if self.flood_std else ct))
+                continue
+            cut = self.plan.cuts[job.cut]
             pairs = [mask(self.engine, v[name], bound, self.plan.mask.sigma, cut.mask_level)
                      for name, bound in zip(cut.names, cut.bounds)]
-            masked += [seal_to_bytes(ct) for ct, _ in pairs]
+            sections += [seal_to_bytes(ct) for ct, _ in pairs]
             job.masks.append([real for _, real in pairs])
-            for name in [n for n in v if n not in cut.names]:  # only ciphertexts cross a cut
-                del v[name]
+        if last:
+            return pack(RESULTS, job.header, sections)
         token = new_token()
         self._jobs[token] = job
         while len(self._jobs) > MAX_PENDING:
             self._jobs.popitem(last=False)
         return pack(REQUEST_KIND, {**layout_header(self.plan), "round": token, "refresh": job.cut,
-                                   "count": len(masked), "level": cut.mask_level}, masked)
+                                   "count": len(sections), "level": self.plan.cuts[job.cut].mask_level}, sections)
 
     def resume(self, data: bytes) -> bytes:
         """Continue an inference with the client's refresh reply: results or the next request."""
@@ -160,7 +162,7 @@ class Server:
         for ct in fresh:
             self._check_fresh(ct)
         del self._jobs[header["round"]]
-        for i, (v, masks) in enumerate(zip(job.values, job.masks)):  # v holds exactly the cut's values
+        for i, (v, masks) in enumerate(zip(job.values, job.masks)):
             for j, name in enumerate(cut.names):
                 v[name] = unmask(self.engine, fresh[i * len(cut.names) + j], masks[j])
         job.masks = []

@@ -94,11 +94,12 @@ def test_shortest_cuts_without_a_path_is_an_error():
         shortest_cuts(3, lambda c, p: None if p == 3 else 1.0)
 
 
-def test_compiled_cuts_are_the_brute_force_optimum(cnn, digits):
-    """The CNN (a chain) at 3 levels per segment: every subset of cut positions, its levels
+@pytest.mark.parametrize("max_levels, sigma", [(3, SIGMA), (4, 44)])
+def test_compiled_cuts_are_the_brute_force_optimum(cnn, digits, max_levels, sigma):
+    """The CNN (a chain) at a few levels per segment: every subset of cut positions, its levels
     computed over the whole chain at once and costed with the same cost model; the compiler's
     segment-by-segment shortest path must pick the cheapest feasible subset."""
-    plan = he_backend.compile(cnn, digits.input_shape, max_levels=3, mask=MaskPolicy(sigma=SIGMA))
+    plan = he_backend.compile(cnn, digits.input_shape, max_levels=max_levels, mask=MaskPolicy(sigma=sigma))
     steps, params, top = plan.steps, plan.params, plan.params.depth + 1
     model, ops = CostModel(), {r["step"]: r for r in plan.counts()}
     bounds = value_bounds(steps, _square_shifts(lower(cnn, digits.input_shape)), plan.mask.margin)
@@ -109,7 +110,7 @@ def test_compiled_cuts_are_the_brute_force_optimum(cnn, digits):
         if any(c is None for c in cuts):
             return None
         level = step_levels(steps, top, {INPUT}, resets={c.position: c.names for c in cuts})
-        if min(level[s.name] for s in steps) < 1:
+        if min(level[s.name] for s in steps) < top - max_levels:
             return None
         if any(level[steps[c.position - 1].name] < c.mask_level for c in cuts):
             return None
@@ -124,7 +125,7 @@ def test_compiled_cuts_are_the_brute_force_optimum(cnn, digits):
 
     options = {cuts: total(cuts) for k in range(len(steps)) for cuts in itertools.combinations(range(1, len(steps)), k)}
     feasible = {c: v for c, v in options.items() if v is not None}
-    assert len(feasible) >= 2  # a real choice
+    assert len(options) > len(feasible) >= 1
     assert [c.position for c in plan.cuts] == list(min(feasible, key=feasible.get))
 
 
@@ -155,6 +156,24 @@ def test_segmented_plan_levels_twin_and_bytes(mlp_plan, mlp, digits):
     assert again.cuts == plan.cuts and again.mask == plan.mask and again.report() == plan.report()
     assert he_backend.PlanLayout.from_bytes(plan.layout().to_bytes()).refreshes == len(plan.cuts)
     assert "refresh before" in plan.table()
+
+
+@pytest.mark.slow
+def test_too_deep_for_any_secure_ring_is_split_automatically(digits):
+    """Six degree-15 layers need about 31 levels, more than N = 32768 holds at 128-bit security."""
+    from polyact import models
+    from he_backend.params import MAX_LOG_Q
+
+    torch.manual_seed(0)
+    model = models.build_model("mlp", digits.input_shape, digits.num_classes, "gelu", hidden=(16,) * 6)
+    pann = _pann(model, digits, degree=15)
+    with pytest.raises(he_backend.ParameterError, match="lower the polynomial degrees"):
+        he_backend.choose_params(lower(pann, digits.input_shape).depth)
+    plan = he_backend.compile(pann, digits.input_shape)
+    assert plan.cuts and plan.params.log_q <= MAX_LOG_Q[plan.params.poly_modulus_degree]
+    assert plan.depth <= plan.params.depth
+    x = digits.x_test[:8].numpy()
+    np.testing.assert_allclose(plan.simulate(x), _reference(pann, x), rtol=1e-9, atol=1e-9)
 
 
 def test_impossible_segments_and_bad_options_are_clear_errors(mlp, digits):
@@ -219,8 +238,8 @@ def _first_round(plan, client, server, x):
 
 @pytest.mark.slow
 def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair, digits):
-    """After a round the server holds ciphertexts and its own masks, which are independent of
-    the data; it has no secret key, so nothing it holds decrypts."""
+    """Between rounds the server holds its own masks (independent of the data) and the batch
+    header, no ciphertext and no key that decrypts."""
     client, server = mlp_pair
     x = digits.x_test[:8].numpy()
     _first_round(mlp_plan, client, server, x)
@@ -228,7 +247,9 @@ def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair
     secret_types = (sa.SecretKey, sa.Decryptor, KeyHolder, he_backend.Client)
     for holder in (server, server.engine, server.runner):
         assert not any(isinstance(v, secret_types) for v in vars(holder).values())
-    assert all(isinstance(ct, sa.Ciphertext) for values in job.values for ct in values.values())
+    assert job.values == [{}]  # one ciphertext in flight; the server keeps none of its values, only masks
+    assert set(vars(job)) == {"header", "values", "cut", "masks"} and set(job.header) <= {
+        "block", "input_length", "output_length", "poly_modulus_degree", "coeff_bits", "samples", "per_ciphertext"}
     cut = mlp_plan.cuts[0]
     true = mlp_plan.trace(x)[cut.names[0]]  # (8, length), samples packed in blocks
     masks = job.masks[0][0]
