@@ -241,7 +241,7 @@ def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair
     """Between rounds the server holds its own masks (independent of the data) and the batch
     header, no ciphertext and no key that decrypts."""
     client, server = mlp_pair
-    x = digits.x_test[:8].numpy()
+    x = digits.x_test[:64].numpy()
     _first_round(mlp_plan, client, server, x)
     job = list(server._jobs.values())[-1]
     secret_types = (sa.SecretKey, sa.Decryptor, KeyHolder, he_backend.Client)
@@ -256,7 +256,7 @@ def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair
     slots = np.concatenate([masks[b * mlp_plan.block: b * mlp_plan.block + true.shape[1]] for b in range(len(x))])
     width = 2.0**SIGMA * cut.bounds[0]
     assert np.abs(masks).max() <= width and np.std(masks) == pytest.approx(width / np.sqrt(3), rel=0.05)
-    assert abs(np.corrcoef(slots, true.reshape(-1))[0, 1]) < 0.15
+    assert abs(np.corrcoef(slots, true.reshape(-1))[0, 1]) < 5 / np.sqrt(slots.size)  # 5 standard errors
 
 
 @pytest.mark.slow
@@ -265,7 +265,7 @@ def test_client_view_at_a_refresh_is_masked(mlp_plan, mlp_pair, digits):
     intermediate plus a uniform mask of width 2^sigma B: far from the value, centred, with the
     uniform distribution's spread, and uncorrelated with the value."""
     client, server = mlp_pair
-    x = digits.x_test[:8].numpy()
+    x = digits.x_test[:64].numpy()
     request = _first_round(mlp_plan, client, server, x)
     header, blobs = unpack(request, REQUEST_KIND)
     cut = mlp_plan.cuts[0]
@@ -281,7 +281,7 @@ def test_client_view_at_a_refresh_is_masked(mlp_plan, mlp_pair, digits):
         assert np.std(part) == pytest.approx(width / np.sqrt(3), rel=0.1)
         assert abs(np.mean(part)) < 4 * width / np.sqrt(3 * part.size)
     assert np.median(np.abs(view.real - true.reshape(-1))) > width / 4
-    assert abs(np.corrcoef(view.real, true.reshape(-1))[0, 1]) < 0.15
+    assert abs(np.corrcoef(view.real, true.reshape(-1))[0, 1]) < 5 / np.sqrt(view.size)
     server.resume(client.refresh(request))  # finish the round so the job leaves the server
 
 
@@ -342,7 +342,7 @@ def test_encrypt_run_drives_refresh_rounds(mlp, digits, tmp_path, capsys):
     assert figures["rounds"] >= 1 and figures["bytes_down"] > 0 and figures["bytes_up"] > 0
     assert figures["agreement"] == 100.0
     assert main(argv[:-1] + ["--workers", "2"]) == 2
-    assert "refresh round" in capsys.readouterr().err
+    assert "use workers=1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
