@@ -1,7 +1,9 @@
 """CKKS encrypted inference for polyact PANNs, on TenSEAL's SEAL bindings.
 
 ``compile(pann, input_shape)`` builds a :class:`Plan`; ``plan.client()`` holds the secret key;
-``Server.from_bytes(plan.to_bytes(), client.public_context())`` computes on ciphertexts.
+``Server.from_bytes(plan.to_bytes(), client.public_context())`` computes on ciphertexts;
+plans deeper than secure parameters (or ``max_levels``) run in refresh rounds with the client:
+``run_interactive(client, server, payload)`` (:mod:`he_backend.refresh`).
 """
 from .client import Client
 from .compile import Plan, PlanLayout, compile
