@@ -1,16 +1,19 @@
 """CKKS encrypted inference for polyact PANNs, on TenSEAL's SEAL bindings.
 
 ``compile(pann, input_shape)`` builds a :class:`Plan`; ``plan.client()`` holds the secret key;
-``Server.from_bytes(plan.to_bytes(), client.public_context())`` computes on ciphertexts.
+``Server.from_bytes(plan.to_bytes(), client.public_context())`` computes on ciphertexts;
+plans deeper than secure parameters (or ``max_levels``) run in refresh rounds with the client:
+``run_interactive(client, server, payload)`` (:mod:`he_backend.refresh`).
 """
 from .bundle import ClientBundle, ServerBundle, load_client_bundle, load_server_bundle, save_bundles
 from .client import Client, InputRangeWarning
 from .compile import Plan, PlanLayout, compile
 from .keys import SecretKeyRefused
 from .params import CkksParams, ParameterError, choose_params
+from .refresh import CostModel, MaskPolicy, Rounds, run_interactive
 from .serialization import PayloadError
-from .server import Server
+from .server import RefreshRequired, Server
 
-__all__ = ["CkksParams", "Client", "ClientBundle", "InputRangeWarning", "ParameterError", "PayloadError", "Plan",
-           "PlanLayout", "SecretKeyRefused", "Server", "ServerBundle", "choose_params", "compile", "load_client_bundle",
-           "load_server_bundle", "save_bundles"]
+__all__ = ["CkksParams", "Client", "ClientBundle", "CostModel", "InputRangeWarning", "MaskPolicy", "ParameterError",
+           "PayloadError", "Plan", "PlanLayout", "RefreshRequired", "Rounds", "SecretKeyRefused", "Server", "ServerBundle",
+           "choose_params", "compile", "load_client_bundle", "load_server_bundle", "run_interactive", "save_bundles"]

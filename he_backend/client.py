@@ -13,6 +13,7 @@ import tenseal.sealapi as sa
 
 from .compile import Plan, PlanLayout
 from .keys import KeyHolder, write_private
+from .refresh import REPLY_KIND, REQUEST_KIND, Rounds, drive
 from .serialization import PayloadError, pack, seal_from_bytes, unpack
 
 CIPHERTEXTS = "ciphertexts"
@@ -107,6 +108,9 @@ class Client:
         if header.get(KEY_FIELD) != self.keys.fingerprint:
             raise PayloadError(f"these results were computed with keys {header.get(KEY_FIELD)!r}, not this client's "
                                f"({self.keys.fingerprint}); decrypt them with the client that encrypted the inputs")
+        if header.get(KEY_FIELD) != self.keys.fingerprint:
+            raise PayloadError(f"this refresh request comes from a session of the keys {header.get(KEY_FIELD)!r}, "
+                               f"not this client's ({self.keys.fingerprint})")
         context = self.keys.engine.context
         rows = []
         per, total = header["per_ciphertext"], header["samples"]
@@ -116,6 +120,24 @@ class Client:
             for b in range(count):
                 rows.append(slots[b * self.plan.block : b * self.plan.block + self.plan.output_length])
         return np.array(rows)
+
+    def refresh(self, data: bytes) -> bytes:
+        """Answer a server's refresh request: decrypt the masked ciphertexts, keep the real parts
+        and re-encrypt them at the top level (seeded). The values seen here are masked: the
+        true value plus the server's uniform mask (see :mod:`he_backend.refresh`)."""
+        header, blobs = unpack(data, REQUEST_KIND)
+        expected = layout_header(self.plan)
+        if any(header.get(k) != v for k, v in expected.items()):
+            raise PayloadError("this refresh request was made for another plan than this client's")
+        if header.get("count") != len(blobs) or not isinstance(header.get("round"), str):
+            raise PayloadError(f"corrupted refresh request: it announces {header.get('count')} ciphertexts "
+                               f"and holds {len(blobs)}")
+        context = self.keys.engine.context
+        fresh = [self.keys.encrypt_bytes(self.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, context,
+                                                                          "masked ciphertext")))
+                 for blob in blobs]
+        return pack(REPLY_KIND, {**expected, KEY_FIELD: self.keys.fingerprint, "round": header["round"],
+                                 "refresh": header.get("refresh"), "count": len(fresh)}, fresh)
 
     def save(self, path: str | Path) -> None:
         """Write the secret key (file mode 0600) so that this client can decrypt later."""
@@ -163,6 +185,7 @@ class RemoteClient:
         self.plan = bundle.layout
         self.client = client or bundle.client(strict=strict)
         self.session = self._open_session()
+        self.rounds = Rounds()
 
     def _open_session(self) -> str:
         return json.loads(self._request("POST", "/sessions", self.client.public_context()))["session"]
@@ -192,14 +215,22 @@ class RemoteClient:
         return self.client.decrypt(self.infer_bytes(self.client.encrypt(x)))
 
     def infer_bytes(self, payload: bytes) -> bytes:
-        """Post already encrypted bytes; returns the result bytes (renewing an expired session once)."""
+        """Post already encrypted bytes; returns the result bytes (after the refresh rounds the
+        plan needs; bytes per round are appended to :attr:`rounds`). An expired session is
+        renewed once, by uploading the public context again and restarting the inference."""
         try:
-            return self._request("POST", f"/sessions/{self.session}/infer", payload)
+            return self._drive(payload)
         except ServiceError as exc:
             if exc.status != 404:
                 raise
         self.session = self._open_session()
-        return self._request("POST", f"/sessions/{self.session}/infer", payload)
+        return self._drive(payload)
+
+    def _drive(self, payload: bytes) -> bytes:
+        self.rounds = Rounds()
+        return drive(lambda body: self._request("POST", f"/sessions/{self.session}/infer", body),
+                     lambda body: self._request("POST", f"/sessions/{self.session}/round", body),
+                     self.client.refresh, payload, self.rounds)
 
     def close(self) -> None:
         """Delete the session on the server and close the connection."""

@@ -24,7 +24,9 @@ from polyact.poly import ChebPoly, CompositePoly
 
 from .ckks import Engine
 from .layers import AffineStep, PolyStep, rotation_cost
-from .params import CkksParams, ParameterError, choose_params
+from .params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth
+from .refresh import CostModel, Cut, MaskPolicy, leakage_bound, refresh_bytes, refresh_precision_bits
+from .segments import place_cuts, poly_values, reset_names, step_levels, value_bounds
 from .serialization import PayloadError, pack, unpack
 
 PLAN_KIND = "plan"
@@ -98,6 +100,7 @@ class PlanLayout:
     output_length: int
     rotations: tuple[int, ...]
     depth: int
+    refreshes: int = 0
 
     @property
     def input_length(self) -> int:
@@ -110,7 +113,7 @@ class PlanLayout:
     def to_bytes(self) -> bytes:
         header = {"params": self.params.to_dict(), "input_shape": list(self.input_shape), "block": self.block,
                   "packing": self.packing, "output_length": self.output_length,
-                  "rotations": list(self.rotations), "depth": self.depth}
+                  "rotations": list(self.rotations), "depth": self.depth, "refreshes": self.refreshes}
         return pack(LAYOUT_KIND, header, [])
 
     @classmethod
@@ -119,7 +122,7 @@ class PlanLayout:
         try:
             return cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), int(header["block"]),
                        header["packing"], int(header["output_length"]), tuple(header["rotations"]),
-                       int(header["depth"]))
+                       int(header["depth"]), int(header.get("refreshes", 0)))
         except (KeyError, ValueError, TypeError) as exc:
             raise PayloadError(f"corrupted plan layout: {exc}") from exc
 
@@ -138,6 +141,8 @@ class Plan:
     output_length: int
     packing: str = "sample"
     notes: list[str] = field(default_factory=list)
+    cuts: list[Cut] = field(default_factory=list)
+    mask: MaskPolicy = field(default_factory=MaskPolicy)
 
     # ---- derived ----------------------------------------------------------------------------
     @property
@@ -150,7 +155,16 @@ class Plan:
 
     @property
     def depth(self) -> int:
+        """Levels the plan consumes; with refresh points, those of its deepest segment."""
+        if self.cuts:
+            return self.params.depth + 1 - min(s.level for s in self.steps)
         return self.params.depth + 1 - self.output_level
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """``[start, stop)`` step ranges between refresh points."""
+        bounds = [0] + [c.position for c in self.cuts] + [len(self.steps)]
+        return list(zip(bounds[:-1], bounds[1:]))
 
     @property
     def output_level(self) -> int:
@@ -206,7 +220,23 @@ class Plan:
             "totals": {k: sum(r[k] for r in rows) for k in ("ct_ct_mults", "pt_mults", "rotations")},
             "steps": rows,
             "notes": self.notes,
+            "refresh": self.refresh_report(),
         }
+
+    def refresh_report(self) -> dict[str, Any]:
+        """Refresh rounds per ciphertext: where, how many values, bytes both ways, the mask's
+        statistical leakage bound and the precision it leaves (see :mod:`he_backend.refresh`)."""
+        n, top = self.params.poly_modulus_degree, self.params.depth + 1
+        cuts = []
+        for c in self.cuts:
+            down, up = refresh_bytes(n, len(c.names), c.mask_level, top)
+            cuts.append({"before": self.steps[c.position].name, "values": list(c.names), "bounds": list(c.bounds),
+                         "mask_level": c.mask_level, "bytes_down": down, "bytes_up": up,
+                         "precision_bits": refresh_precision_bits(self.mask.sigma)})
+        return {"rounds": len(self.cuts), "sigma": self.mask.sigma, "margin": self.mask.margin,
+                "leakage": leakage_bound(self.mask.sigma) if self.cuts else None,
+                "bytes_down": sum(c["bytes_down"] for c in cuts), "bytes_up": sum(c["bytes_up"] for c in cuts),
+                "cuts": cuts}
 
     def table(self) -> str:
         rep = self.report()
@@ -222,29 +252,27 @@ class Plan:
         lines.append(f"totals per ciphertext: {t['ct_ct_mults']} ct*ct, {t['pt_mults']} pt*ct, {t['rotations']} rotations; "
                      f"input {rep['input_ciphertext_bytes'] / 1e6:.1f} MB, output {rep['output_ciphertext_bytes'] / 1e6:.1f} MB, "
                      f"keys ~{rep['public_context_bytes'] / 1e6:.0f} MB")
+        for c in rep["refresh"]["cuts"]:
+            lines.append(f"refresh before {c['before']}: {len(c['values'])} value(s) masked at level {c['mask_level']} "
+                         f"(sigma {self.mask.sigma}, |v| <= {max(c['bounds']):.3g}), {c['bytes_down'] / 1e6:.1f} MB down, "
+                         f"{c['bytes_up'] / 1e6:.1f} MB up, ~{c['precision_bits']:.0f} bits kept")
         return "\n".join(lines)
 
     def simulate(self, x: np.ndarray) -> np.ndarray:
         """The plan in float64 without encryption (folded weights, folded stages): the
         plaintext twin of the whole network, ``(n, *input_shape) -> (n, output_length)``."""
-        from numpy.polynomial import chebyshev as C
+        return self.trace(x)[self.output]  # a refresh is the identity on plaintexts
 
+    def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every step's value in the float64 twin (``(n, length)`` by step name, and the input)."""
         values = {INPUT: np.asarray(x, dtype=np.float64).reshape(len(x), -1)}
         for s in self.steps:
             if isinstance(s, AffineStep):
                 values[s.name] = values[s.sources[0]] if s.identity else \
                     sum(values[src] @ w.T for src, w in zip(s.sources, s.weights)) + s.bias
                 continue
-            t = values[s.source]
-            if s.kind == "square":
-                values[s.name] = t * t
-                continue
-            v = t
-            for coef in s.stages:
-                v = C.chebval(v, coef) if coef.ndim == 1 else np.stack(
-                    [C.chebval(v[:, j], coef[:, j]) for j in range(v.shape[1])], axis=1)
-            values[s.name] = v * t if s.product else v
-        return values[self.output]
+            values[s.name] = poly_values(s, values[s.source])
+        return values
 
     # ---- bytes ------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -267,7 +295,8 @@ class Plan:
         np.savez(buffer, **arrays)
         header = {"params": self.params.to_dict(), "input_shape": list(self.input_shape), "block": self.block,
                   "baby": self.baby, "output": self.output, "output_length": self.output_length,
-                  "packing": self.packing, "notes": self.notes, "steps": steps}
+                  "packing": self.packing, "notes": self.notes, "steps": steps,
+                  "cuts": [c.to_dict() for c in self.cuts], "mask": self.mask.to_dict()}
         return pack(PLAN_KIND, header, [buffer.getvalue()])
 
     @classmethod
@@ -287,7 +316,8 @@ class Plan:
                                           s["level"], s["scale"]))
             plan = cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), header["block"],
                        header["baby"], steps, header["output"], header["output_length"], header["packing"],
-                       header["notes"])
+                       header["notes"], [Cut.from_dict(c) for c in header.get("cuts", [])],
+                       MaskPolicy.from_dict(header["mask"]) if "mask" in header else MaskPolicy())
         except (KeyError, ValueError, TypeError) as exc:
             raise PayloadError(f"corrupted plan: {exc}") from exc
         plan.prepare()
@@ -300,7 +330,7 @@ class Plan:
     def layout(self) -> PlanLayout:
         """The weight-free part a client needs (see :class:`PlanLayout`)."""
         return PlanLayout(self.params, self.input_shape, self.block, self.packing, self.output_length,
-                          tuple(self.rotations), self.depth)
+                          tuple(self.rotations), self.depth, len(self.cuts))
 
     def client(self, **kwargs: Any):
         """A :class:`he_backend.client.Client` with keys for this plan."""
@@ -348,16 +378,23 @@ def _choose_baby(steps: list[AffineStep | PolyStep], block: int) -> int:
     return min(options, key=lambda b: (sum(rotation_cost(s.offsets, b) for s in affine), b))
 
 
-def _assign_levels(steps: list[AffineStep | PolyStep], top: int) -> int:
-    """Output level of every step for inputs at level ``top``; returns the network depth."""
-    level = {INPUT: top}
+def _assign_levels(steps: list[AffineStep | PolyStep], top: int, resets: dict[int, set[str]] | None = None) -> int:
+    """Output level of every step for inputs at level ``top`` (live values back at ``top`` at
+    every refresh in ``resets``); returns the depth (of the deepest segment)."""
+    level = step_levels(steps, top, {INPUT}, resets=resets)
     for s in steps:
-        if isinstance(s, AffineStep):
-            s.level = min(level[src] for src in s.sources) - (0 if s.identity else 1)
-        else:
-            s.level = level[s.source] - s.cost
-        level[s.name] = s.level
+        s.level = level[s.name]
     return top - min(level.values())
+
+
+def _square_shifts(graph: PolyGraph) -> dict[str, float]:
+    """``max |B|`` of every folded square ``A (t + B)^2 + C``."""
+    return {n.name: float(np.abs(_square_parts(n.slot_polynomials())[1]).max())
+            for n in graph.poly_nodes if n.fold_square}
+
+
+def _operations(plan: "Plan") -> dict[str, tuple[int, int, int]]:
+    return {r["step"]: (r["ct_ct_mults"], r["pt_mults"], r["rotations"]) for r in plan.counts()}
 
 
 def _assign_scales(steps: list[AffineStep | PolyStep], engine: Engine) -> None:
@@ -380,6 +417,9 @@ def compile(
     params: CkksParams | None = None,
     min_scale_bits: int = 30,
     max_scale_bits: int = 40,
+    max_levels: int | None = None,
+    mask: MaskPolicy | None = None,
+    cost: CostModel | None = None,
 ) -> Plan:
     """Compile ``pann`` for inputs of ``input_shape`` (no batch axis) into a :class:`Plan`.
 
@@ -387,12 +427,18 @@ def compile(
     fit in the slots (throughput). Parameters are chosen for the network's depth with a scale
     between ``min_scale_bits`` and ``max_scale_bits`` unless ``params`` are given (the scale
     decides the precision: outputs keep roughly ``scale_bits - 15`` bits; a smaller floor
-    allows a smaller, faster ring); a network
-    deeper than 128-bit-secure parameters allow raises :class:`ParameterError` saying how many
-    levels it needs and how many exist.
+    allows a smaller, faster ring).
+
+    Refresh. A network deeper than 128-bit-secure parameters allow (and, when ``max_levels`` is
+    given, one deeper than ``max_levels``) is split into segments of at most that many levels,
+    joined by interactive refresh rounds placed at the cheapest points under ``cost`` and masked
+    as ``mask`` says (:mod:`he_backend.refresh`). Given ``params`` without ``max_levels`` must
+    hold the whole network, else :class:`ParameterError` says how many levels it needs.
     """
     if packing not in PACKINGS:
         raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
+    if max_levels is not None and max_levels < 1:
+        raise ValueError(f"max_levels must be >= 1, got {max_levels}")
     input_shape = tuple(int(v) for v in input_shape)
     graph = lower(pann, input_shape)
     steps, longest = _build_steps(graph)
@@ -405,21 +451,37 @@ def compile(
     if depth < graph.depth:
         notes.append(f"depth {depth} < nominal {graph.depth}: negligible leading coefficients were dropped")
     if params is None:
-        params = choose_params(depth, min_scale_bits=min_scale_bits, max_scale_bits=max_scale_bits, slots=block)
+        budget = depth if max_levels is None else min(depth, max_levels)
+        secure = max_depth(max(MAX_LOG_Q), min_scale_bits)
+        if budget > secure:  # too deep for any secure ring: segments of what the largest ring holds
+            budget = max_depth(max(MAX_LOG_Q), max_scale_bits)
+        params = choose_params(budget, min_scale_bits=min_scale_bits, max_scale_bits=max_scale_bits, slots=block)
         for s in steps:  # re-plan at the chosen scale (it decides which coefficients are negligible)
             if isinstance(s, PolyStep):
                 s.prepare(params.scale_bits)
         depth = _assign_levels(steps, 0)
-    if params.depth < depth:
+    elif params.depth < depth and max_levels is None:
         raise ParameterError(
             f"the network needs {depth} levels but the given parameters have {params.depth}; "
-            "lower the polynomial degrees or give parameters with more levels"
+            "lower the polynomial degrees, give parameters with more levels, or pass max_levels to "
+            "split the plan into segments joined by interactive refresh"
         )
     if block > params.slots:
         raise ParameterError(f"a layer has {longest} values but N = {params.poly_modulus_degree} has only {params.slots} slots")
-    _assign_levels(steps, params.depth + 1)
-    _assign_scales(steps, Engine(params))
     output_length = graph.nodes[graph.output].bias.size if isinstance(graph.nodes[graph.output], AffineNode) \
         else int(np.prod(graph.nodes[graph.output].shape))
-    return Plan(params, input_shape, block, _choose_baby(steps, block), steps, graph.output, output_length,
-                packing, notes)
+    plan = Plan(params, input_shape, block, _choose_baby(steps, block), steps, graph.output, output_length,
+                packing, notes, mask=mask or MaskPolicy())
+    budget = params.depth if max_levels is None else min(params.depth, max_levels)
+    if depth > budget:
+        operations = _operations(plan)
+        bounds = value_bounds(steps, _square_shifts(graph), plan.mask.margin)
+        try:
+            plan.cuts = place_cuts(steps, graph.output, params, budget, bounds, plan.mask, cost or CostModel(),
+                                   lambda s: operations[s.name])
+        except ValueError as exc:
+            raise ParameterError(f"the network needs {depth} levels; {exc}") from None
+        notes.append(f"{len(plan.cuts)} refresh round(s): {depth} levels in segments of at most {budget}")
+    _assign_levels(steps, params.depth + 1, reset_names(steps, graph.output, plan.cuts))
+    _assign_scales(steps, Engine(params))
+    return plan

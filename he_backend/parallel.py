@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .client import Client
 from .compile import Plan
+from .refresh import Rounds, run_interactive
 from .server import Server
 
 
@@ -37,10 +38,12 @@ def _ray_map(plan_bytes: bytes, public_context: bytes, payloads: list[bytes], ad
 
 @dataclass
 class EncryptedRun:
-    """Decrypted outputs ``(n, output_length)`` and seconds per phase."""
+    """Decrypted outputs ``(n, output_length)``, seconds per phase and the refresh rounds'
+    totals (``rounds``, ``bytes_down``, ``bytes_up``)."""
 
     outputs: np.ndarray
     seconds: dict[str, float]
+    rounds: dict[str, int] = field(default_factory=lambda: Rounds().totals())
 
 
 def run_encrypted(plan: Plan, x: np.ndarray, *, workers: int = 1, client: Client | None = None,
@@ -51,6 +54,9 @@ def run_encrypted(plan: Plan, x: np.ndarray, *, workers: int = 1, client: Client
     address; needs ``pip install 'polyact[ray]'``)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if plan.cuts and (workers > 1 or ray_address is not None):
+        raise ValueError(f"this plan needs {len(plan.cuts)} refresh round(s) with the client, which run in this "
+                         "process only; use workers=1 without Ray")
     client = client or plan.client()
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -60,11 +66,12 @@ def run_encrypted(plan: Plan, x: np.ndarray, *, workers: int = 1, client: Client
     payloads = [client.encrypt(x[i : i + chunk]) for i in range(0, len(x), chunk)]
     seconds["encrypt_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
+    rounds = Rounds()
     if ray_address is not None:
         results = _ray_map(plan.to_bytes(), client.public_context(), payloads, ray_address)
     elif workers == 1:
         server = Server(plan, client.public_context())
-        results = [server.run(p) for p in payloads]
+        results = [run_interactive(client, server, p, rounds) for p in payloads]
     else:
         count = len(payloads)  # one chunk per worker: each builds its server once
         with ProcessPoolExecutor(min(workers, count)) as pool:
@@ -74,4 +81,4 @@ def run_encrypted(plan: Plan, x: np.ndarray, *, workers: int = 1, client: Client
     outputs = np.concatenate([client.decrypt(r) for r in results])
     seconds["decrypt_seconds"] = time.perf_counter() - start
     seconds["seconds_per_sample"] = sum(seconds.values()) / len(x)
-    return EncryptedRun(outputs, seconds)
+    return EncryptedRun(outputs, seconds, rounds.totals())

@@ -1,5 +1,14 @@
-"""The server: runs a plan on ciphertexts with public evaluation keys only."""
+"""The server: runs a plan on ciphertexts with public evaluation keys only.
+
+Plans with refresh points run in rounds (:mod:`he_backend.refresh`): :meth:`Server.start` takes
+the client's ciphertexts and returns either the results or a refresh request; the client's
+:meth:`~he_backend.client.Client.refresh` answers it and :meth:`Server.resume` continues.
+Between rounds the server keeps only ciphertexts and its own random masks.
+"""
 from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -9,7 +18,25 @@ from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
 from .compile import Plan
 from .keys import key_fingerprint, load_public_context
 from .layers import AffineStep, PlaintextCache, Runner
+from .refresh import REPLY_KIND, REQUEST_KIND, check_count, flood, mask, new_token, unmask
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
+
+MAX_PENDING = 8  # inferences a server keeps waiting for refresh replies (the oldest is dropped)
+
+
+class RefreshRequired(PayloadError):
+    """A plan with refresh rounds was run with :meth:`Server.run` instead of rounds."""
+
+
+@dataclass
+class _Job:
+    """An inference between rounds: per ciphertext its values (ciphertexts; empty while a
+    refresh is in flight) and the real parts of that refresh's masks; the client's batch header."""
+
+    header: dict
+    values: list[dict[str, sa.Ciphertext]]
+    cut: int
+    masks: list[list[np.ndarray]]
 
 
 class Server:
@@ -17,7 +44,8 @@ class Server:
     :meth:`run` maps the client's ciphertext bytes to result bytes. Servers of one plan may
     share a :class:`~he_backend.layers.PlaintextCache` (encoded weights)."""
 
-    def __init__(self, plan: Plan, public_context: bytes, cache: PlaintextCache | None = None) -> None:
+    def __init__(self, plan: Plan, public_context: bytes, cache: PlaintextCache | None = None, *,
+                 flood_std: float = 0.0) -> None:
         public = load_public_context(public_context)
         if public.params != plan.params:
             raise PayloadError(
@@ -32,13 +60,23 @@ class Server:
         self.engine = Engine(plan.params)
         self.engine.load_keys(public.relin_keys, public.galois_keys)
         self.runner = Runner(self.engine, plan.block, plan.baby, cache)
+        if flood_std < 0:
+            raise ValueError(f"flood_std must be >= 0, got {flood_std}")
+        self.flood_std = flood_std
+        self._jobs: OrderedDict[str, _Job] = OrderedDict()
 
     @classmethod
     def from_bytes(cls, plan_bytes: bytes, public_context: bytes, **kwargs) -> "Server":
         return cls(Plan.from_bytes(plan_bytes), public_context, **kwargs)
 
     def evaluate(self, ct: sa.Ciphertext) -> sa.Ciphertext:
-        """The plan applied to one ciphertext."""
+        """The plan applied to one ciphertext (single-round plans)."""
+        self._check_fresh(ct)
+        if self.plan.cuts:
+            raise RefreshRequired(self._rounds_message())
+        return self._segment({"input": ct}, 0, len(self.plan.steps))[self.plan.output]
+
+    def _check_fresh(self, ct: sa.Ciphertext) -> None:
         e = self.engine
         top = self.plan.params.depth + 1
         if e.level(ct) != top or not np.isclose(ct.scale, self.plan.params.scale, rtol=1e-9):
@@ -46,15 +84,28 @@ class Server:
                 f"ciphertext at level {e.level(ct)} with scale 2^{np.log2(ct.scale):.1f}; this plan "
                 f"expects fresh ciphertexts at level {top} and scale 2^{self.plan.params.scale_bits}"
             )
-        values = {"input": ct}
-        for step in self.plan.steps:
+
+    def _segment(self, values: dict[str, sa.Ciphertext], start: int, stop: int) -> dict[str, sa.Ciphertext]:
+        for step in self.plan.steps[start:stop]:
             values[step.name] = self.runner.affine(step, values) if isinstance(step, AffineStep) \
                 else self.runner.polynomial(step, values)
-        return values[self.plan.output]
+        return values
+
+    def _rounds_message(self) -> str:
+        return (f"this plan needs {len(self.plan.cuts)} refresh round(s) with the client; drive them with "
+                "he_backend.run_interactive(client, server, payload) (or server.start / client.refresh / "
+                "server.resume)")
 
     def run(self, data: bytes) -> bytes:
-        """Evaluate every ciphertext of a client's batch; malformed input raises
-        :class:`PayloadError` saying what is wrong."""
+        """Evaluate every ciphertext of a client's batch (single-round plans); malformed input
+        raises :class:`PayloadError` saying what is wrong."""
+        if self.plan.cuts:
+            raise RefreshRequired(self._rounds_message())
+        return self.start(data)
+
+    def start(self, data: bytes) -> bytes:
+        """Begin an inference on a client's batch: the result bytes, or (plans with refresh
+        points) the first refresh request for :meth:`~he_backend.client.Client.refresh`."""
         header, blobs = unpack(data, CIPHERTEXTS)
         expected = layout_header(self.plan)
         wrong = {k: header.get(k) for k in expected if header.get(k) != expected[k]}
@@ -69,9 +120,72 @@ class Server:
         samples, per = header.get("samples"), header.get("per_ciphertext")
         if not isinstance(samples, int) or not isinstance(per, int) or per < 1 or -(-samples // per) != len(blobs):
             raise PayloadError(f"the batch header announces {samples} samples at {per} per ciphertext but holds {len(blobs)} ciphertexts")
-        outputs = []
+        values = []
         for blob in blobs:
             ct = seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "ciphertext")
-            outputs.append(seal_to_bytes(self.evaluate(ct)))
-        return pack(RESULTS, {**expected, "samples": samples, "per_ciphertext": per, KEY_FIELD: self.fingerprint},
-                    outputs)
+            self._check_fresh(ct)
+            values.append({"input": ct})
+        return self._advance(_Job({**expected, "samples": samples, "per_ciphertext": per, KEY_FIELD: self.fingerprint},
+                                   values, 0, []))
+
+    def _advance(self, job: _Job) -> bytes:
+        """Run the job's current segment, one ciphertext at a time (only its results or masked
+        live values are kept); answer with the results or the next refresh request."""
+        start, stop = self.plan.segments[job.cut]
+        last = job.cut == len(self.plan.cuts)
+        sections, job.masks = [], []
+        for i, v in enumerate(job.values):
+            v = self._segment(v, start, stop)
+            job.values[i] = {}  # the refreshed copies replace everything at the next round
+            if last:
+                ct = v[self.plan.output]
+                sections.append(seal_to_bytes(flood(self.engine, ct, self.flood_std) if self.flood_std else ct))
+                continue
+            cut = self.plan.cuts[job.cut]
+            pairs = [mask(self.engine, v[name], bound, self.plan.mask.sigma, cut.mask_level)
+                     for name, bound in zip(cut.names, cut.bounds)]
+            sections += [seal_to_bytes(ct) for ct, _ in pairs]
+            job.masks.append([real for _, real in pairs])
+        if last:
+            return pack(RESULTS, job.header, sections)
+        token = new_token()
+        self._jobs[token] = job
+        while len(self._jobs) > MAX_PENDING:
+            self._jobs.popitem(last=False)
+        return pack(REQUEST_KIND, {**layout_header(self.plan), KEY_FIELD: self.fingerprint, "round": token, "refresh": job.cut,
+                                   "count": len(sections), "level": self.plan.cuts[job.cut].mask_level}, sections)
+
+    def resume(self, data: bytes) -> bytes:
+        """Continue an inference with the client's refresh reply: results or the next request."""
+        header, blobs = unpack(data, REPLY_KIND)
+        job = self._jobs.get(header.get("round")) if isinstance(header.get("round"), str) else None
+        if job is None:
+            raise PayloadError("this refresh reply answers no round in progress (unknown, expired or already "
+                               "answered); start the inference again")
+        if header.get(KEY_FIELD) != self.fingerprint:
+            raise PayloadError(f"this refresh reply was encrypted for the keys {header.get(KEY_FIELD)!r}, not this "
+                               f"session's ({self.fingerprint}): answer a round with the client that started it")
+        if header.get("refresh") != job.cut:
+            raise PayloadError(f"this reply answers refresh {header.get('refresh')}, the round is at refresh {job.cut}")
+        cut = self.plan.cuts[job.cut]
+        check_count(len(blobs), len(job.values) * len(cut.names), "the refresh reply")
+        fresh = [seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "refreshed ciphertext") for blob in blobs]
+        for ct in fresh:
+            self._check_fresh(ct)
+        del self._jobs[header["round"]]
+        for i, (v, masks) in enumerate(zip(job.values, job.masks)):
+            for j, name in enumerate(cut.names):
+                v[name] = unmask(self.engine, fresh[i * len(cut.names) + j], masks[j])
+        job.masks = []
+        job.cut += 1
+        self._alias(job)
+        return self._advance(job)
+
+    def _alias(self, job: _Job) -> None:
+        """Names that alias a refreshed ciphertext (identity steps) point to its new copy."""
+        start = self.plan.segments[job.cut][0]
+        for s in self.plan.steps[:start]:
+            if isinstance(s, AffineStep) and s.identity:
+                for v in job.values:
+                    if s.sources[0] in v:
+                        v[s.name] = v[s.sources[0]]

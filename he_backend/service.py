@@ -8,7 +8,12 @@ Endpoints (bodies are polyact's binary formats, ``application/octet-stream``):
 - ``GET /client-bundle`` -> the layout and the calibrated input range (:mod:`he_backend.bundle`)
 - ``POST /sessions`` with a public context -> ``{"session": id, "expires_in": seconds}``;
   a context with a secret key is refused (403)
-- ``POST /sessions/{id}/infer`` with client ciphertexts -> result ciphertexts
+- ``POST /sessions/{id}/infer`` with client ciphertexts -> result ciphertexts, or for plans
+  with refresh points a refresh request (:mod:`he_backend.refresh`)
+- ``POST /sessions/{id}/round`` with the client's refresh reply -> results or the next request;
+  the session keeps the inference's ciphertexts and masks between rounds. Every answer carries
+  the headers ``X-Polyact-Kind`` (``results`` or ``refresh request``), ``X-Polyact-Bytes-In``
+  and ``X-Polyact-Bytes-Out`` (bytes of this round)
 - ``DELETE /sessions/{id}``
 
 Bad bytes give 400 with the reason, a body that is not ``application/octet-stream`` 415, an
@@ -41,6 +46,7 @@ from .compile import Plan
 from .keys import SecretKeyRefused
 from .layers import PlaintextCache
 from .memory import evaluation_bytes, release_memory, rss_bytes, session_bytes, upload_bytes
+from .refresh import message_kind
 from .serialization import PayloadError
 from .server import Server
 
@@ -207,7 +213,7 @@ def create_app(deployment: Plan | ServerBundle, limits: ServiceLimits | None = N
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "sessions": len(sessions), "depth": plan.depth,
-                "samples_per_ciphertext": plan.samples_per_ciphertext,
+                "samples_per_ciphertext": plan.samples_per_ciphertext, "refresh_rounds": len(plan.cuts),
                 "memory": {"rss_bytes": rss_bytes(), "reserved_bytes": sessions.reserved_bytes,
                            "budget_bytes": limits.max_memory_bytes, "session_bytes": cost}}
 
@@ -234,20 +240,29 @@ def create_app(deployment: Plan | ServerBundle, limits: ServiceLimits | None = N
         sessions.fill(key, server)
         return {"session": key, "expires_in": limits.session_ttl}
 
-    @app.post("/sessions/{key}/infer")
-    async def infer(key: str, request: Request) -> Response:
+    async def answer(key: str, request: Request, action: str, what: str) -> Response:
         session = sessions.get(key, owner_of(request))
         payload = await _body(request, limits.max_body_bytes)
 
         def run() -> bytes:
             with session.lock:
-                return session.server.run(payload)
+                return getattr(session.server, action)(payload)
 
         try:
             result = await run_in_threadpool(run)
         except (PayloadError, ValueError, RuntimeError) as exc:
-            raise HTTPException(400, f"bad ciphertexts: {exc}") from exc
-        return Response(result, media_type=OCTETS)
+            raise HTTPException(400, f"bad {what}: {exc}") from exc
+        headers = {"X-Polyact-Kind": message_kind(result), "X-Polyact-Bytes-In": str(len(payload)),
+                   "X-Polyact-Bytes-Out": str(len(result))}
+        return Response(result, media_type=OCTETS, headers=headers)
+
+    @app.post("/sessions/{key}/infer")
+    async def infer(key: str, request: Request) -> Response:
+        return await answer(key, request, "start", "ciphertexts")
+
+    @app.post("/sessions/{key}/round")
+    async def refresh_round(key: str, request: Request) -> Response:
+        return await answer(key, request, "resume", "refresh reply")
 
     @app.delete("/sessions/{key}")
     def delete_session(key: str, request: Request) -> dict:

@@ -23,7 +23,9 @@ def _compile(args: argparse.Namespace):
     import he_backend
 
     pann, shape = _load_pann_file(args.pann, args.factory)
-    return pann, he_backend.compile(pann, shape, args.packing, min_scale_bits=args.min_scale_bits)
+    return pann, he_backend.compile(pann, shape, args.packing, min_scale_bits=args.min_scale_bits,
+                                    max_levels=args.max_levels,
+                                    mask=None if args.sigma is None else he_backend.MaskPolicy(sigma=args.sigma))
 
 
 def _deployment(args: argparse.Namespace):
@@ -88,6 +90,12 @@ def _add_plan_options(p: argparse.ArgumentParser, bundles: bool = True) -> None:
                    help="one sample per ciphertext (latency, default) or many (throughput); a bundle keeps its own")
     p.add_argument("--min-scale-bits", type=int, default=30,
                    help="precision floor: the CKKS scale in bits (default 30; outputs keep ~scale-15 bits)")
+    p.add_argument("--max-levels", type=int,
+                   help="levels per segment: deeper plans are split into segments joined by interactive "
+                        "refresh rounds with the client (default: only when no secure parameters fit)")
+    p.add_argument("--sigma", type=int,
+                   help="statistical security bits of the refresh masks (default 30; "
+                        "costs ~sigma bits of float64 precision at each refresh: ~49.5-sigma bits remain)")
 
 
 def add_compile(sub, command) -> None:
@@ -154,7 +162,7 @@ def _run_encrypt_run(args: argparse.Namespace) -> int:
     figures = {
         "samples": len(x), "packing": plan.packing, "workers": args.workers, "depth": plan.depth,
         "poly_modulus_degree": plan.params.poly_modulus_degree, "scale_bits": plan.params.scale_bits,
-        **compare(result.outputs, reference(x), y), **result.seconds,
+        **compare(result.outputs, reference(x), y), **result.seconds, **result.rounds,
     }
     if args.json:
         print(json.dumps(figures))

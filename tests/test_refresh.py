@@ -1,0 +1,387 @@
+"""Interactive refresh: segment placement against brute force, plans split by max_levels,
+rounds against the plaintext PANN, what each party sees, and bad round bytes."""
+import itertools
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tenseal.sealapi as sa
+import torch
+
+import he_backend
+from he_backend.params import params_for
+from he_backend.keys import KeyHolder
+from he_backend.refresh import (REPLY_KIND, REQUEST_KIND, CostModel, MaskPolicy, mask, mask_level, modulus_bits,
+                                shortest_cuts, unmask)
+from he_backend.serialization import pack, seal_from_bytes, unpack
+from he_backend.compile import _square_shifts
+from he_backend.segments import candidate_cut, live_sets, roots, step_levels, value_bounds
+from polyact.convert import convert
+from polyact.graph import INPUT, lower
+
+SIGMA = 30
+
+
+def _pann(model, digits, **options):
+    pann, _ = convert(model, digits, **options)
+    return pann.double().eval()
+
+
+def _reference(pann, x):
+    with torch.no_grad():
+        return pann(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+
+def precision_bits(out, ref):
+    return float(-np.log2(np.abs(out - ref).max() / np.abs(ref).max()))
+
+
+@pytest.fixture(scope="module")
+def mlp(digits, digits_mlp):
+    return _pann(digits_mlp, digits, degree=7)
+
+
+@pytest.fixture(scope="module")
+def cnn(digits, digits_cnn):
+    return _pann(digits_cnn, digits, degree=2)
+
+
+@pytest.fixture(scope="module")
+def mlp_plan(mlp, digits):
+    return he_backend.compile(mlp, digits.input_shape, "batch", max_levels=4, mask=MaskPolicy(sigma=SIGMA))
+
+
+@pytest.fixture(scope="module")
+def mlp_pair(mlp_plan):
+    client = mlp_plan.client()
+    return client, he_backend.Server.from_bytes(mlp_plan.to_bytes(), client.public_context())
+
+
+# ---- placement --------------------------------------------------------------------------------
+def _brute_force(count, edge):
+    """Every subset of cut positions, costed path by path."""
+    best, best_cuts = np.inf, None
+    for k in range(count):
+        for cuts in itertools.combinations(range(1, count), k):
+            path = (0, *cuts, count)
+            costs = [edge(a, b) for a, b in zip(path[:-1], path[1:])]
+            if all(c is not None for c in costs) and sum(costs) < best - 1e-12:
+                best, best_cuts = sum(costs), list(cuts)
+    return best_cuts, best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shortest_cuts_equal_brute_force_on_random_chains(seed):
+    rng = np.random.default_rng(seed)
+    count = 8
+    table = rng.uniform(1, 10, (count + 1, count + 1))
+    feasible = (rng.uniform(size=table.shape) < 0.6) | (np.arange(count + 1)[None, :] - np.arange(count + 1)[:, None] == 1)
+
+    def edge(c, p):
+        return float(table[c, p]) if feasible[c, p] else None
+
+    cuts, cost = shortest_cuts(count, edge)
+    expected_cuts, expected = _brute_force(count, edge)
+    assert cost == pytest.approx(expected) and cuts == expected_cuts
+
+
+def test_shortest_cuts_without_a_path_is_an_error():
+    with pytest.raises(ValueError, match="no placement"):
+        shortest_cuts(3, lambda c, p: None if p == 3 else 1.0)
+
+
+@pytest.mark.parametrize("max_levels, sigma", [(3, SIGMA), (4, 44)])
+def test_compiled_cuts_are_the_brute_force_optimum(cnn, digits, max_levels, sigma):
+    """The CNN (a chain) at a few levels per segment: every subset of cut positions, its levels
+    computed over the whole chain at once and costed with the same cost model; the compiler's
+    segment-by-segment shortest path must pick the cheapest feasible subset."""
+    plan = he_backend.compile(cnn, digits.input_shape, max_levels=max_levels, mask=MaskPolicy(sigma=sigma))
+    steps, params, top = plan.steps, plan.params, plan.params.depth + 1
+    model, ops = CostModel(), {r["step"]: r for r in plan.counts()}
+    bounds = value_bounds(steps, _square_shifts(lower(cnn, digits.input_shape)), plan.mask.margin)
+    live, root = live_sets(steps, plan.output), roots(steps)
+
+    def total(positions):
+        cuts = [candidate_cut(live[p], p, root, bounds, params, plan.mask) for p in positions]
+        if any(c is None for c in cuts):
+            return None
+        level = step_levels(steps, top, {INPUT}, resets={c.position: c.names for c in cuts})
+        if min(level[s.name] for s in steps) < top - max_levels:
+            return None
+        if any(level[steps[c.position - 1].name] < c.mask_level for c in cuts):
+            return None
+        seconds = sum(model.refresh_seconds(params.poly_modulus_degree, 1, c.mask_level, top) for c in cuts)
+        entry = {steps[0].name: top, **{steps[i].name: (top if i in positions else level[steps[i - 1].name])
+                                        for i in range(1, len(steps))}}
+        for s in steps:
+            r = ops[s.name]
+            seconds += model.step_seconds(params.poly_modulus_degree, int(np.ceil((entry[s.name] + level[s.name]) / 2)),
+                                          r["ct_ct_mults"], r["pt_mults"], r["rotations"])
+        return seconds
+
+    options = {cuts: total(cuts) for k in range(len(steps)) for cuts in itertools.combinations(range(1, len(steps)), k)}
+    feasible = {c: v for c, v in options.items() if v is not None}
+    assert len(options) > len(feasible) >= 1
+    assert [c.position for c in plan.cuts] == list(min(feasible, key=feasible.get))
+
+
+# ---- segmented plans ----------------------------------------------------------------------------
+def test_digits_nets_keep_one_round(mlp, cnn, digits):
+    for pann in (mlp, cnn):
+        plan = he_backend.compile(pann, digits.input_shape)
+        assert plan.cuts == [] and plan.report()["refresh"]["rounds"] == 0 and plan.layout().refreshes == 0
+
+
+def test_segmented_plan_levels_twin_and_bytes(mlp_plan, mlp, digits):
+    plan = mlp_plan
+    top = plan.params.depth + 1
+    assert plan.params.depth == 4 and len(plan.cuts) >= 1
+    x = digits.x_test[:16].numpy()
+    np.testing.assert_allclose(plan.simulate(x), _reference(mlp, x), rtol=1e-9, atol=1e-9)
+    trace = plan.trace(x)
+    for cut in plan.cuts:  # live values are at or above the level their masks need, and bounded
+        produced = {s.name: s.level for s in plan.steps[: cut.position]}
+        assert all(produced[name] >= cut.mask_level for name in cut.names)
+        assert all(np.abs(trace[name]).max() <= bound for name, bound in zip(cut.names, cut.bounds))
+    for start, stop in plan.segments:
+        assert all(1 <= s.level < top for s in plan.steps[start:stop])
+    report = plan.report()["refresh"]
+    assert report["rounds"] == len(plan.cuts) and f"2^-{SIGMA}" in report["leakage"]
+    assert report["cuts"][0]["precision_bits"] == pytest.approx(49.5 - SIGMA)
+    again = he_backend.Plan.from_bytes(plan.to_bytes())
+    assert again.cuts == plan.cuts and again.mask == plan.mask and again.report() == plan.report()
+    assert he_backend.PlanLayout.from_bytes(plan.layout().to_bytes()).refreshes == len(plan.cuts)
+    assert "refresh before" in plan.table()
+
+
+@pytest.mark.slow
+def test_too_deep_for_any_secure_ring_is_split_automatically(digits):
+    """Six degree-15 layers need about 31 levels, more than N = 32768 holds at 128-bit security."""
+    from polyact import models
+    from he_backend.params import MAX_LOG_Q
+
+    torch.manual_seed(0)
+    model = models.build_model("mlp", digits.input_shape, digits.num_classes, "gelu", hidden=(16,) * 6)
+    pann = _pann(model, digits, degree=15)
+    with pytest.raises(he_backend.ParameterError, match="lower the polynomial degrees"):
+        he_backend.choose_params(lower(pann, digits.input_shape).depth)
+    plan = he_backend.compile(pann, digits.input_shape)
+    assert plan.cuts and plan.params.log_q <= MAX_LOG_Q[plan.params.poly_modulus_degree]
+    assert plan.depth <= plan.params.depth
+    x = digits.x_test[:8].numpy()
+    np.testing.assert_allclose(plan.simulate(x), _reference(pann, x), rtol=1e-9, atol=1e-9)
+
+
+def test_impossible_segments_and_bad_options_are_clear_errors(mlp, digits):
+    with pytest.raises(he_backend.ParameterError, match="raise max_levels"):
+        he_backend.compile(mlp, digits.input_shape, max_levels=2)
+    with pytest.raises(ValueError, match="max_levels must be >= 1"):
+        he_backend.compile(mlp, digits.input_shape, max_levels=0)
+    with pytest.raises(ValueError, match="sigma must be between"):
+        MaskPolicy(sigma=0)
+
+
+@pytest.mark.slow
+def test_masked_values_fit_the_mask_level_and_not_below():
+    """A value of |v| = B masked with sigma bits decrypts to v + r at the level mask_level
+    chooses; one level lower SEAL refuses the mask (it would wrap around the modulus)."""
+    params = params_for(8192, 3, 36)
+    keys = KeyHolder(params)
+    engine = keys.engine
+    v = np.full(engine.slots, 3.0)
+    level = mask_level(params, 3.0, 24)
+    assert level == 2
+    masked, real = mask(engine, keys.encrypt(v), 3.0, 24, level)
+    seen = keys.decrypt(masked)
+    assert np.abs(seen - v).max() > 2.0**20 and np.allclose(seen - real, v, atol=1e-3)
+    assert np.allclose(keys.decrypt(unmask(engine, keys.encrypt(seen), real)), v, atol=1e-3)
+    with pytest.raises(ValueError, match="too large"):
+        mask(engine, keys.encrypt(v), 3.0, 24, level - 1)
+
+
+# ---- encrypted rounds ---------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("net, max_levels, count", [("mlp", 4, 8), ("cnn", 3, 8)])
+def test_refresh_rounds_agree_with_the_pann(request, digits, net, max_levels, count):
+    pann = request.getfixturevalue(net)
+    plan = he_backend.compile(pann, digits.input_shape, "batch", max_levels=max_levels, mask=MaskPolicy(sigma=SIGMA))
+    assert plan.depth <= max_levels < he_backend.compile(pann, digits.input_shape).depth
+    client = plan.client()
+    server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context())
+    x = digits.x_test[:count].numpy()
+    with pytest.raises(he_backend.RefreshRequired, match="run_interactive"):
+        server.run(client.encrypt(x))
+    rounds = he_backend.Rounds()
+    out = client.decrypt(he_backend.run_interactive(client, server, client.encrypt(x), rounds))
+    ref = _reference(pann, x)
+    assert rounds.count == len(plan.cuts) >= 1
+    assert all(r["bytes_down"] > 0 and r["bytes_up"] > 0 for r in rounds.log)
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    assert precision_bits(out, ref) > 12
+
+
+def _fields(data, kind):
+    """Header (without the container's own fields) and sections, to forge variants."""
+    header, sections = unpack(data, kind)
+    return {k: v for k, v in header.items() if k not in ("kind", "sections")}, sections
+
+
+def _first_round(plan, client, server, x):
+    request = server.start(client.encrypt(x))
+    assert he_backend.refresh.message_kind(request) == REQUEST_KIND
+    return request
+
+
+@pytest.mark.slow
+def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair, digits):
+    """Between rounds the server holds its own masks (independent of the data) and the batch
+    header, no ciphertext and no key that decrypts."""
+    client, server = mlp_pair
+    x = digits.x_test[:64].numpy()
+    _first_round(mlp_plan, client, server, x)
+    job = list(server._jobs.values())[-1]
+    secret_types = (sa.SecretKey, sa.Decryptor, KeyHolder, he_backend.Client)
+    for holder in (server, server.engine, server.runner):
+        assert not any(isinstance(v, secret_types) for v in vars(holder).values())
+    assert job.values == [{}]  # one ciphertext in flight; the server keeps none of its values, only masks
+    assert set(vars(job)) == {"header", "values", "cut", "masks"} and set(job.header) <= {
+        "block", "input_length", "output_length", "poly_modulus_degree", "coeff_bits", "samples", "per_ciphertext"}
+    cut = mlp_plan.cuts[0]
+    true = mlp_plan.trace(x)[cut.names[0]]  # (8, length), samples packed in blocks
+    masks = job.masks[0][0]
+    slots = np.concatenate([masks[b * mlp_plan.block: b * mlp_plan.block + true.shape[1]] for b in range(len(x))])
+    width = 2.0**SIGMA * cut.bounds[0]
+    assert np.abs(masks).max() <= width and np.std(masks) == pytest.approx(width / np.sqrt(3), rel=0.05)
+    assert abs(np.corrcoef(slots, true.reshape(-1))[0, 1]) < 5 / np.sqrt(slots.size)  # 5 standard errors
+
+
+@pytest.mark.slow
+def test_client_view_at_a_refresh_is_masked(mlp_plan, mlp_pair, digits):
+    """What the client decrypts at a refresh (real and imaginary parts) is the true
+    intermediate plus a uniform mask of width 2^sigma B: far from the value, centred, with the
+    uniform distribution's spread, and uncorrelated with the value."""
+    client, server = mlp_pair
+    x = digits.x_test[:64].numpy()
+    request = _first_round(mlp_plan, client, server, x)
+    header, blobs = unpack(request, REQUEST_KIND)
+    cut = mlp_plan.cuts[0]
+    width = 2.0**SIGMA * cut.bounds[0]
+    engine = client.keys.engine
+    pt = sa.Plaintext()
+    sa.Decryptor(engine.context, client.keys._secret).decrypt(seal_from_bytes(sa.Ciphertext, blobs[0], engine.context, "ct"), pt)
+    seen = np.asarray(engine.encoder.decode_complex(pt))  # a curious client decodes both parts
+    true = mlp_plan.trace(x)[cut.names[0]]
+    view = np.concatenate([seen[b * mlp_plan.block: b * mlp_plan.block + true.shape[1]] for b in range(len(x))])
+    for part in (view.real, view.imag, seen.real, seen.imag):
+        assert np.abs(part).max() <= width * 1.0001
+        assert np.std(part) == pytest.approx(width / np.sqrt(3), rel=0.1)
+        assert abs(np.mean(part)) < 4 * width / np.sqrt(3 * part.size)
+    assert np.median(np.abs(view.real - true.reshape(-1))) > width / 4
+    assert abs(np.corrcoef(view.real, true.reshape(-1))[0, 1]) < 5 / np.sqrt(view.size)
+    server.resume(client.refresh(request))  # finish the round so the job leaves the server
+
+
+@pytest.mark.slow
+def test_bad_round_bytes_are_rejected(mlp_plan, mlp_pair, digits):
+    client, server = mlp_pair
+    x = digits.x_test[:2].numpy()
+    request = _first_round(mlp_plan, client, server, x)
+    reply = client.refresh(request)
+    header, blobs = _fields(reply, REPLY_KIND)
+    bad = {
+        "truncated": (reply[: len(reply) // 2], "truncated|corrupted"),
+        "garbage": (b"garbage" * 100, "not a polyact"),
+        "results instead": (client.encrypt(x), "expected a polyact refresh reply"),
+        "unknown round": (pack(REPLY_KIND, {**header, "round": "forged"}, blobs), "answers no round in progress"),
+        "wrong count": (pack(REPLY_KIND, header, blobs + blobs), "holds 2 ciphertexts, the round expects 1"),
+        "zeroed ciphertext": (pack(REPLY_KIND, header, [blobs[0][:-300] + bytes(300)]),
+                              "refreshed ciphertext is malformed"),
+        "masked instead of fresh": (pack(REPLY_KIND, header, unpack(request, REQUEST_KIND)[1]), "expects fresh ciphertexts"),
+    }
+    for name, (data, message) in bad.items():
+        with pytest.raises(he_backend.PayloadError, match=message):
+            server.resume(data)
+    out = client.decrypt(server.resume(reply))  # the round survives bad replies
+    assert (out.argmax(1) == mlp_plan.simulate(x).argmax(1)).all()
+    with pytest.raises(he_backend.PayloadError, match="already answered"):
+        server.resume(reply)  # no replay
+    with pytest.raises(he_backend.PayloadError, match="expected a polyact refresh request"):
+        client.refresh(reply)
+    request_header, masked = _fields(request, REQUEST_KIND)
+    with pytest.raises(he_backend.PayloadError, match="another plan"):
+        client.refresh(pack(REQUEST_KIND, {**request_header, "block": 2 * mlp_plan.block}, masked))
+
+
+@pytest.mark.slow
+def test_noise_flooding_adds_gaussian_noise_of_the_given_width(mlp_plan, mlp_pair, digits):
+    client, server = mlp_pair
+    flooded = he_backend.Server(mlp_plan, client.public_context(), flood_std=2.0**-8)
+    x = digits.x_test[:8].numpy()
+    plain = client.decrypt(he_backend.run_interactive(client, server, client.encrypt(x)))
+    noisy = client.decrypt(he_backend.run_interactive(client, flooded, client.encrypt(x)))
+    assert np.std(noisy - plain) == pytest.approx(2.0**-8, rel=0.3)
+    with pytest.raises(ValueError, match="flood_std must be >= 0"):
+        he_backend.Server(mlp_plan, client.public_context(), flood_std=-1.0)
+
+
+# ---- the command line and the HTTP service --------------------------------------------------------
+@pytest.mark.slow
+def test_encrypt_run_drives_refresh_rounds(mlp, digits, tmp_path, capsys):
+    from polyact.cli import main
+    from polyact.storage import save_pann
+
+    path = tmp_path / "mlp.pann"
+    save_pann(mlp, path, input_shape=digits.input_shape)
+    argv = ["encrypt-run", str(path), "--samples", "8", "--packing", "batch", "--max-levels", "4", "--json"]
+    assert main(argv) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["rounds"] >= 1 and figures["bytes_down"] > 0 and figures["bytes_up"] > 0
+    assert figures["agreement"] == 100.0
+    assert main(argv[:-1] + ["--workers", "2"]) == 2
+    assert "use workers=1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def service(mlp_plan):
+    import uvicorn
+
+    from he_backend.service import ServiceLimits, create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(mlp_plan, ServiceLimits(max_body_bytes=20_000_000)),
+                                           log_level="warning"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield "http://127.0.0.1:%d" % sock.getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.slow
+def test_service_rounds_per_session(service, mlp_plan, digits):
+    from he_backend.client import RemoteClient, ServiceError
+
+    remote = RemoteClient(service)
+    assert remote.plan.refreshes == len(mlp_plan.cuts)
+    x = digits.x_test[:8].numpy()
+    out = remote.infer(x)
+    assert (out.argmax(1) == mlp_plan.simulate(x).argmax(1)).all()
+    assert remote.rounds.count == len(mlp_plan.cuts) and remote.rounds.totals()["bytes_up"] > 0
+    first = urllib.request.urlopen(urllib.request.Request(f"{service}/sessions/{remote.session}/infer",
+                                                          data=remote.client.encrypt(x), method="POST"))
+    assert first.headers["X-Polyact-Kind"] == REQUEST_KIND and int(first.headers["X-Polyact-Bytes-Out"]) > 0
+    request = first.read()
+    other = RemoteClient(service)  # another session cannot answer this session's round
+    with pytest.raises(ServiceError, match="400.*answers no round"):
+        other._request("POST", f"/sessions/{other.session}/round", remote.client.refresh(request))
+    with pytest.raises(ServiceError, match="400.*bad refresh reply"):
+        remote._request("POST", f"/sessions/{remote.session}/round", b"POLYACT" + bytes(40))
+    remote.close()
+    other.close()
