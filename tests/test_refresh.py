@@ -249,7 +249,8 @@ def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair
         assert not any(isinstance(v, secret_types) for v in vars(holder).values())
     assert job.values == [{}]  # one ciphertext in flight; the server keeps none of its values, only masks
     assert set(vars(job)) == {"header", "values", "cut", "masks"} and set(job.header) <= {
-        "block", "input_length", "output_length", "poly_modulus_degree", "coeff_bits", "samples", "per_ciphertext"}
+        "block", "input_length", "output_length", "poly_modulus_degree", "coeff_bits", "samples", "per_ciphertext",
+        "key"}
     cut = mlp_plan.cuts[0]
     true = mlp_plan.trace(x)[cut.names[0]]  # (8, length), samples packed in blocks
     masks = job.masks[0][0]
