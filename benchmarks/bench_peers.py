@@ -104,11 +104,14 @@ class PolyactWorker:
                 "request_bytes": len(payload)}
 
 
+ORION_BASE_BITS, ORION_SPECIAL_BITS = 60, 120  # a 60-bit base prime, two 60-bit special primes
+
+
 def _orion_config(logn: int, scale_bits: int, levels: int) -> dict:
     """Orion's CKKS parameters: ring 2^logn (conjugate-invariant: 2^logn real slots, Orion's
     default for its MNIST configs), ``levels`` primes of ``scale_bits`` above a 60-bit base
-    prime, two 60-bit special primes."""
-    return {"ckks_params": {"LogN": logn, "LogQ": [60] + [scale_bits] * levels, "LogP": [60, 60],
+    prime, two 60-bit special primes; Orion's default sparse secret (Hamming weight 192)."""
+    return {"ckks_params": {"LogN": logn, "LogQ": [ORION_BASE_BITS] + [scale_bits] * levels, "LogP": [60, 60],
                             "LogScale": scale_bits, "H": 192, "RingType": "ConjugateInvariant"},
             "orion": {"margin": 2, "embedding_method": "hybrid", "backend": "lattigo", "fuse_modules": True,
                       "debug": False, "io_mode": "none"}}
@@ -230,6 +233,17 @@ def _train(name: str, digits, epochs: int):
     return model.double().eval()
 
 
+def _secure_logn(total_bits: int) -> int:
+    """The smallest ring (log2 N) whose 128-bit bound on log2(QP) holds ``total_bits`` (the
+    table polyact's parameters use), so both sides get 128-bit-secure parameters."""
+    from he_backend.params import MAX_LOG_Q
+
+    for n in sorted(MAX_LOG_Q):
+        if MAX_LOG_Q[n] >= total_bits:
+            return n.bit_length() - 1
+    raise ValueError(f"no ring with 128-bit security holds {total_bits} bits; give Orion fewer --orion-levels")
+
+
 def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -243,8 +257,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4, help="test images per round")
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--orion-logn", type=int, default=14)
-    parser.add_argument("--orion-levels", type=int, default=12, help="primes above the base prime for Orion")
+    parser.add_argument("--orion-levels", nargs="+", default=["mlp=5", "cnn=11"],
+                        help="primes above the base prime Orion gets per network (what its compile asks for)")
     args = parser.parse_args()
     if args.worker:
         _serve(PolyactWorker() if args.worker == "polyact" else OrionWorker())
@@ -279,9 +293,12 @@ def main() -> None:
     for name in args.networks:
         setup = {"polyact": workers["polyact"].ask(op="setup", network=name, npz=str(npz), degree=args.degree)}
         if "orion" in workers:
+            levels = int(dict(v.split("=") for v in args.orion_levels)[name])
+            scale_bits = setup["polyact"]["scale_bits"]
             setup["orion"] = workers["orion"].ask(op="setup", network=name, npz=str(npz), degree=args.degree,
-                                                  logn=args.orion_logn, scale_bits=setup["polyact"]["scale_bits"],
-                                                  levels=args.orion_levels)
+                                                  logn=_secure_logn(ORION_BASE_BITS + levels * scale_bits
+                                                                    + ORION_SPECIAL_BITS),
+                                                  scale_bits=scale_bits, levels=levels)
         times = {k: [] for k in workers}
         outputs = {k: {} for k in workers}
         sizes, orion_levels = {}, None
