@@ -97,6 +97,7 @@ class PolyactWorker:
         net = self.nets[request["network"]]
         x = arrays["x_test"][request["index"]: request["index"] + 1]
         payload = net["client"].encrypt(x)
+        net["server"].engine.use_threads(request.get("threads", 1))
         start = time.perf_counter()
         response = net["server"].run(payload)
         seconds = time.perf_counter() - start
@@ -104,14 +105,15 @@ class PolyactWorker:
                 "request_bytes": len(payload)}
 
 
-ORION_BASE_BITS, ORION_SPECIAL_BITS = 60, 120  # a 60-bit base prime, two 60-bit special primes
+ORION_BASE_BITS, ORION_SPECIAL_BITS = 50, 60  # a 50-bit base prime, one 60-bit special prime
 
 
 def _orion_config(logn: int, scale_bits: int, levels: int) -> dict:
     """Orion's CKKS parameters: ring 2^logn (conjugate-invariant: 2^logn real slots, Orion's
-    default for its MNIST configs), ``levels`` primes of ``scale_bits`` above a 60-bit base
-    prime, two 60-bit special primes; Orion's default sparse secret (Hamming weight 192)."""
-    return {"ckks_params": {"LogN": logn, "LogQ": [ORION_BASE_BITS] + [scale_bits] * levels, "LogP": [60, 60],
+    default for its MNIST configs), ``levels`` primes of ``scale_bits`` above the base prime, one
+    special prime; Orion's default sparse secret (Hamming weight 192)."""
+    return {"ckks_params": {"LogN": logn, "LogQ": [ORION_BASE_BITS] + [scale_bits] * levels,
+                            "LogP": [ORION_SPECIAL_BITS],
                             "LogScale": scale_bits, "H": 192, "RingType": "ConjugateInvariant"},
             "orion": {"margin": 2, "embedding_method": "hybrid", "backend": "lattigo", "fuse_modules": True,
                       "debug": False, "io_mode": "none"}}
@@ -233,15 +235,21 @@ def _train(name: str, digits, epochs: int):
     return model.double().eval()
 
 
-def _secure_logn(total_bits: int) -> int:
-    """The smallest ring (log2 N) whose 128-bit bound on log2(QP) holds ``total_bits`` (the
-    table polyact's parameters use), so both sides get 128-bit-secure parameters."""
+def _orion_ring(levels: int, scale_bits: int, max_logn: int) -> tuple[int, int]:
+    """128-bit-secure ring and scale for Orion (the log2(QP) bounds polyact's parameters use):
+    the smallest ring up to 2^max_logn that holds ``levels`` primes of polyact's scale, else
+    2^max_logn with the largest scale that fits (Orion packs dense (slots x slots) matrices, so
+    2^15 needs more than 8 GB on its side)."""
     from he_backend.params import MAX_LOG_Q
 
+    fixed = ORION_BASE_BITS + ORION_SPECIAL_BITS
     for n in sorted(MAX_LOG_Q):
-        if MAX_LOG_Q[n] >= total_bits:
-            return n.bit_length() - 1
-    raise ValueError(f"no ring with 128-bit security holds {total_bits} bits; give Orion fewer --orion-levels")
+        if n.bit_length() - 1 <= max_logn and MAX_LOG_Q[n] >= fixed + levels * scale_bits:
+            return n.bit_length() - 1, scale_bits
+    fitting = (MAX_LOG_Q[1 << max_logn] - fixed) // levels
+    if fitting < 20:
+        raise ValueError(f"Orion's {levels} levels do not fit a 128-bit-secure ring 2^{max_logn}; raise --orion-logn")
+    return max_logn, fitting
 
 
 def _spread(values: list[float]) -> dict:
@@ -257,6 +265,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4, help="test images per round")
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--orion-logn", type=int, default=14, help="largest ring for Orion (log2 N)")
+    parser.add_argument("--polyact-threads", type=int, default=1,
+                        help="also time polyact with this many threads per request (an extra interleaved arm)")
     parser.add_argument("--orion-levels", nargs="+", default=["mlp=5", "cnn=11"],
                         help="primes above the base prime Orion gets per network (what its compile asks for)")
     args = parser.parse_args()
@@ -294,37 +305,42 @@ def main() -> None:
         setup = {"polyact": workers["polyact"].ask(op="setup", network=name, npz=str(npz), degree=args.degree)}
         if "orion" in workers:
             levels = int(dict(v.split("=") for v in args.orion_levels)[name])
-            scale_bits = setup["polyact"]["scale_bits"]
+            logn, scale_bits = _orion_ring(levels, setup["polyact"]["scale_bits"], args.orion_logn)
             setup["orion"] = workers["orion"].ask(op="setup", network=name, npz=str(npz), degree=args.degree,
-                                                  logn=_secure_logn(ORION_BASE_BITS + levels * scale_bits
-                                                                    + ORION_SPECIAL_BITS),
-                                                  scale_bits=scale_bits, levels=levels)
-        times = {k: [] for k in workers}
-        outputs = {k: {} for k in workers}
+                                                  logn=logn, scale_bits=scale_bits, levels=levels)
+            setup["orion"]["scale_bits"] = scale_bits
+        arms = {"polyact": ("polyact", 1)}
+        if args.polyact_threads > 1:
+            arms[f"polyact_{args.polyact_threads}t"] = ("polyact", args.polyact_threads)
+        if "orion" in workers:
+            arms["orion"] = ("orion", 1)
+        times = {a: [] for a in arms}
+        outputs = {a: {} for a in arms}
         sizes, orion_levels = {}, None
         load = []
         for round_ in range(args.rounds):
             load.append(os.getloadavg()[0])
             for i in range(args.samples):
-                for kind, worker in workers.items():
-                    reply = worker.ask(op="infer", network=name, npz=str(npz), index=i)
-                    times[kind].append(reply["server_s"])
-                    outputs[kind][i] = reply["output"]
-                    sizes[kind] = reply["request_bytes"]
+                for arm, (kind, threads) in arms.items():
+                    reply = workers[kind].ask(op="infer", network=name, npz=str(npz), index=i, threads=threads)
+                    times[arm].append(reply["server_s"])
+                    outputs[arm][i] = reply["output"]
+                    sizes[arm] = reply["request_bytes"]
                     orion_levels = reply.get("levels", orion_levels)
         ref = exact[name][: args.samples]
         labels = digits.y_test[: args.samples].numpy()
         row = {"network": f"{name}/gelu", "degree": args.degree, "rounds": args.rounds, "samples": args.samples,
                "load_1min": _spread(load)}
-        for kind in workers:
-            out = np.array([outputs[kind][i] for i in range(args.samples)])
+        for arm, (kind, threads) in arms.items():
+            out = np.array([outputs[arm][i] for i in range(args.samples)])
             c = compare(out, ref, labels)
-            row[kind] = {"server_s": _spread(times[kind]), "precision_bits": c["precision_bits"],
-                         "agreement": c["agreement"], "request_bytes": sizes[kind], **setup[kind]}
-        row["polyact"]["levels"] = setup["polyact"]["levels"]
-        if "orion" in workers:
-            row["orion"]["levels"] = orion_levels
-            row["ratio_polyact_over_orion"] = _spread([p / o for p, o in zip(times["polyact"], times["orion"])])
+            row[arm] = {"server_s": _spread(times[arm]), "precision_bits": c["precision_bits"], "threads": threads,
+                        "agreement": c["agreement"], "request_bytes": sizes[arm], **setup[kind]}
+            if kind == "orion":
+                row[arm]["levels"] = orion_levels
+        for arm in arms:
+            if arm != "polyact":  # per request, interleaved: polyact (1 thread) over this arm
+                row[f"ratio_polyact_over_{arm}"] = _spread([p / o for p, o in zip(times["polyact"], times[arm])])
         rows.append(row)
         _print_row(row)
     for worker in workers.values():
@@ -335,16 +351,14 @@ def main() -> None:
 def _print_row(row: dict) -> None:
     print(f"\n{row['network']} (degree {row['degree']}, {row['rounds']} rounds x {row['samples']} images, "
           f"1-min load {row['load_1min']['median']:.1f})")
-    print(f"{'peer':<8} {'server s med':>12} {'range':>17} {'bits':>6} {'levels':>6} {'req KB':>8} {'compile s':>9}")
-    for kind in ("polyact", "orion"):
-        if kind in row:
-            r = row[kind]
-            s = r["server_s"]
-            print(f"{kind:<8} {s['median']:>12.3f} {s['min']:>8.3f}-{s['max']:<8.3f} {r['precision_bits']:>6.1f} "
-                  f"{r['levels']!s:>6} {r['request_bytes'] / 1e3:>8.0f} {r['compile_s']:>9.1f}")
-    if "ratio_polyact_over_orion" in row:
-        q = row["ratio_polyact_over_orion"]
-        print(f"polyact / Orion server time: median {q['median']:.2f} (range {q['min']:.2f}-{q['max']:.2f})")
+    print(f"{'arm':<11} {'server s med':>12} {'range':>17} {'bits':>6} {'levels':>6} {'req KB':>8} {'compile s':>9}")
+    for arm in [k for k in row if isinstance(row[k], dict) and "server_s" in row[k]]:
+        r, s = row[arm], row[arm]["server_s"]
+        print(f"{arm:<11} {s['median']:>12.3f} {s['min']:>8.3f}-{s['max']:<8.3f} {r['precision_bits']:>6.1f} "
+              f"{r['levels']!s:>6} {r['request_bytes'] / 1e3:>8.0f} {r['compile_s']:>9.1f}")
+    for key in [k for k in row if k.startswith("ratio_")]:
+        q = row[key]
+        print(f"{key}: median {q['median']:.2f} (range {q['min']:.2f}-{q['max']:.2f})")
 
 
 if __name__ == "__main__":
