@@ -4,7 +4,9 @@ BSGS vs TenSEAL's own ``CKKSVector.polyval`` (monomial basis) on the same parame
 For each degree and polynomial (``gelu``: the minimax fit of GELU on [-8, 8]; ``dense``: a
 random Chebyshev series with no zero coefficients) it reports levels consumed, ciphertext
 products, time (median of --repeat runs) and precision in bits, with the lower bounds
-ceil(log2(d + 1)) levels and the Paterson-Stockmeyer count sqrt(2d) + log2(d).
+ceil(log2(d + 1)) levels and the Paterson-Stockmeyer count sqrt(2d) + log2(d). The two sides
+run interleaved (polyact, TenSEAL, polyact, ...) so machine load hits both alike; the ratio
+polyact / TenSEAL is taken per pair and reported as median and range.
 
 Usage: python benchmarks/bench_polyeval.py [--degrees 3 7 15 31 63] [--repeat 3] [--scale-bits 40]
 Ends with one JSON line (a list of dicts).
@@ -37,8 +39,10 @@ def bits(error: float) -> float:
     return -math.log2(error) if error > 0 else float("inf")
 
 
-def tenseal_polyval(params, t: np.ndarray, coef: np.ndarray, repeat: int) -> tuple[float | None, float | None, int | None]:
-    """TenSEAL on the same ring, primes and scale: (seconds, precision bits, levels) or Nones."""
+def tenseal_polyval(params, t: np.ndarray, coef: np.ndarray):
+    """TenSEAL on the same ring, primes and scale: ``(run, check)`` where ``run()`` evaluates
+    once and ``check(result)`` gives ``(precision bits, levels)``; ``None`` where TenSEAL cannot
+    evaluate this polynomial (out of levels or scale out of bounds)."""
     context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.poly_modulus_degree,
                          coeff_mod_bit_sizes=list(params.coeff_bits))
     context.global_scale = params.scale
@@ -46,16 +50,21 @@ def tenseal_polyval(params, t: np.ndarray, coef: np.ndarray, repeat: int) -> tup
     vector = ts.ckks_vector(context, t.tolist())
     monomial = C.cheb2poly(coef).tolist()
     try:
-        times, result = [], None
-        for _ in range(repeat):
-            start = time.perf_counter()
-            result = vector.polyval(monomial)
-            times.append(time.perf_counter() - start)
-    except (ValueError, RuntimeError):  # out of levels or scale out of bounds
-        return None, None, None
-    levels = vector.ciphertext()[0].coeff_modulus_size() - result.ciphertext()[0].coeff_modulus_size()
-    error = float(np.abs(np.array(result.decrypt()) - C.chebval(t, coef)).max())
-    return statistics.median(times), bits(error), levels
+        vector.polyval(monomial)
+    except (ValueError, RuntimeError):
+        return None
+
+    def check(result) -> tuple[float, int]:
+        levels = vector.ciphertext()[0].coeff_modulus_size() - result.ciphertext()[0].coeff_modulus_size()
+        return bits(float(np.abs(np.array(result.decrypt()) - C.chebval(t, coef)).max())), levels
+
+    return (lambda: vector.polyval(monomial)), check
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def main() -> None:
@@ -78,24 +87,30 @@ def main() -> None:
         for kind in args.kinds:
             coef = series(kind, degree)
             plan = plan_polynomial(coef, scale_bits=params.scale_bits)
-            times = []
-            for _ in range(args.repeat):
+            peer = tenseal_polyval(params, t, coef)
+            times, peer_times = [], []
+            for _ in range(args.repeat):  # interleaved
                 engine.counts.clear()
-                start = time.perf_counter()
-                out = PolyEvaluator(engine).evaluate(plan, ct)
-                times.append(time.perf_counter() - start)
+                seconds, out = timed(lambda: PolyEvaluator(engine).evaluate(plan, ct))
+                times.append(seconds)
+                if peer is not None:
+                    seconds, peer_out = timed(peer[0])
+                    peer_times.append(seconds)
             seconds = statistics.median(times)
             precision = bits(float(np.abs(keys.decrypt(out) - C.chebval(t, coef)).max()))
             levels = engine.level(ct) - engine.level(out)
-            ts_seconds, ts_bits, ts_levels = tenseal_polyval(params, t, coef, args.repeat)
+            ts_seconds = statistics.median(peer_times) if peer else None
+            ts_bits, ts_levels = peer[1](peer_out) if peer else (None, None)
+            ratios = [a / b for a, b in zip(times, peer_times)]
+            ratio = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)} if ratios else None
             ps = math.sqrt(2 * degree) + math.log2(degree)
-            speedup = ts_seconds / seconds if ts_seconds else None
+            speedup = 1 / ratio["median"] if ratio else None
             rows.append({
                 "polynomial": kind, "degree": degree, "poly_modulus_degree": params.poly_modulus_degree,
                 "levels": levels, "level_lower_bound": depth, "ct_ct_mults": engine.counts["ct_ct_mul"],
                 "ps_bound": ps, "seconds": seconds, "precision_bits": precision,
                 "tenseal_polyval_seconds": ts_seconds, "tenseal_levels": ts_levels,
-                "tenseal_precision_bits": ts_bits, "speedup": speedup,
+                "tenseal_precision_bits": ts_bits, "speedup": speedup, "ratio_polyact_over_tenseal": ratio,
             })
             fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
             print(f"{kind:<6} {degree:>4} {params.poly_modulus_degree:>6} {levels:>6} {depth:>5} "

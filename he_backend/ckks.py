@@ -10,8 +10,10 @@ Rescaling a ciphertext at level ``n`` divides its scale by ``prime(n)``, the las
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from typing import Sequence, Union
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -23,10 +25,16 @@ Values = Union[float, np.ndarray]
 
 class Engine:
     """SEAL context, encoder and evaluator for one :class:`CkksParams`; counts operations in
-    ``counts`` (``ct_ct_mul``, ``pt_mul``, ``rotate``, ``rescale``, ``add``)."""
+    ``counts`` (``ct_ct_mul``, ``pt_mul``, ``rotate``, ``rescale``, ``add``).
 
-    def __init__(self, params: CkksParams) -> None:
+    ``threads > 1`` lets callers run independent operations concurrently with :meth:`submit`
+    (SEAL's calls through ``tenseal.sealapi`` release the GIL, so two threads use two cores)."""
+
+    def __init__(self, params: CkksParams, threads: int = 1) -> None:
         self.params = params
+        self._pool: ThreadPoolExecutor | None = None
+        self._count_lock = threading.Lock()
+        self.use_threads(threads)
         parms = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(params.poly_modulus_degree)
         parms.set_coeff_modulus(sa.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_bits)))
@@ -54,6 +62,27 @@ class Engine:
 
         self.relin_keys = seal_from_bytes(sa.RelinKeys, relin, self.context, "relinearisation keys")
         self.galois_keys = None if galois is None else seal_from_bytes(sa.GaloisKeys, galois, self.context, "Galois keys")
+
+    def use_threads(self, threads: int) -> None:
+        """Run up to ``threads`` independent operations at once (``threads - 1`` helpers)."""
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        if self._pool is not None:
+            self._pool.shutdown()
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """``fn(*args)`` on a helper thread when ``threads > 1``, else now; a future either way."""
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def _count(self, name: str) -> None:
+        with self._count_lock:
+            self.counts[name] += 1
 
     # ---- bookkeeping ---------------------------------------------------------------------
     @staticmethod
@@ -104,7 +133,7 @@ class Engine:
     def mul_plaintext(self, ct: sa.Ciphertext, pt: sa.Plaintext) -> sa.Ciphertext:
         out = sa.Ciphertext()
         self.evaluator.multiply_plain(ct, pt, out)
-        self.counts["pt_mul"] += 1
+        self._count("pt_mul")
         return out
 
     def mul(self, a: sa.Ciphertext, b: sa.Ciphertext) -> sa.Ciphertext:
@@ -118,12 +147,12 @@ class Engine:
         else:
             self.evaluator.multiply(a, self.mod_switch(b, level), out)
         self.evaluator.relinearize_inplace(out, self.relin_keys)
-        self.counts["ct_ct_mul"] += 1
+        self._count("ct_ct_mul")
         return out
 
     def rescale(self, ct: sa.Ciphertext) -> sa.Ciphertext:
         self.evaluator.rescale_to_next_inplace(ct)
-        self.counts["rescale"] += 1
+        self._count("rescale")
         return ct
 
     def add(self, a: sa.Ciphertext, b: sa.Ciphertext) -> sa.Ciphertext:
@@ -140,7 +169,7 @@ class Engine:
         self._check_scales(a, b)
         out = sa.Ciphertext()
         operation(a, b, out)
-        self.counts["add"] += 1
+        self._count("add")
         return out
 
     def add_plain(self, ct: sa.Ciphertext, values: Values) -> sa.Ciphertext:
@@ -153,7 +182,7 @@ class Engine:
         """Slots move left by ``steps``: ``out[j] = ct[j + steps]`` (cyclically)."""
         out = sa.Ciphertext()
         self.evaluator.rotate_vector(ct, steps, self.galois_keys, out)
-        self.counts["rotate"] += 1
+        self._count("rotate")
         return out
 
     def rescale_to(self, ct: sa.Ciphertext, level: int, scale: float) -> sa.Ciphertext:

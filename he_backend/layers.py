@@ -151,7 +151,19 @@ class Runner:
             return values[step.sources[0]]
         pre = step.level + 1
         target = step.scale * e.prime(pre)
-        inner: dict[int, list[sa.Ciphertext]] = {}
+        def products(i: int, diags: dict[int, np.ndarray], keys: list[int], rotated: sa.Ciphertext):
+            """Per giant step ``g``, the sum of ``d_k * rot(x, r)`` over this ``r``'s offsets."""
+            out: dict[int, sa.Ciphertext] = {}
+            for k in keys:
+                g = k // self.baby
+                pt = self.cache.get((step.name, i, k, rotated.scale, pre), lambda: e.encode(
+                    np.roll(self._slots(diags[k]), g * self.baby), target / rotated.scale, pre),
+                    size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
+                term = e.mul_plaintext(rotated, pt)
+                out[g] = e.add(out[g], term) if g in out else term
+            return out
+
+        parts = []  # the products of each rotation run on a helper thread while the next rotates
         for i, (source, diags) in enumerate(zip(step.sources, step.diags)):
             x = e.mod_switch(values[source], pre)
             by_r: dict[int, list[int]] = {}
@@ -161,24 +173,28 @@ class Runner:
             for r in range(max(by_r, default=0) + 1):
                 if r:
                     rotated = e.rotate(rotated, 1)
-                for k in by_r.get(r, []):
-                    g = k // self.baby
-                    pt = self.cache.get((step.name, i, k, x.scale, pre), lambda: e.encode(
-                        np.roll(self._slots(diags[k]), g * self.baby), target / x.scale, pre),
-                        size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
-                    inner.setdefault(g, []).append(e.mul_plaintext(rotated, pt))
-        sums = {g: e.sum_terms(terms) for g, terms in inner.items()}
-        total = sums.get(0)
-        for sign in (1, -1):
+                if r in by_r:
+                    parts.append(e.submit(products, i, diags, by_r[r], rotated))
+        sums: dict[int, sa.Ciphertext] = {}
+        for part in parts:
+            for g, term in part.result().items():
+                sums[g] = e.add(sums[g], term) if g in sums else term
+
+        def horner(sign: int) -> sa.Ciphertext | None:
             giants = sorted((g for g in sums if g * sign > 0), key=abs)
             if not giants:
-                continue
+                return None
             acc = None
             for g in range(giants[-1], 0, -1) if sign > 0 else range(giants[-1], 0):
                 acc = sums[g] if acc is None else (e.add(e.rotate(acc, sign * self.baby), sums[g]) if g in sums
                                                      else e.rotate(acc, sign * self.baby))
-            acc = e.rotate(acc, sign * self.baby)
-            total = acc if total is None else e.add(total, acc)
+            return e.rotate(acc, sign * self.baby)
+
+        negative = e.submit(horner, -1)  # the two giant-step chains are independent
+        total = sums.get(0)
+        for acc in (horner(1), negative.result()):
+            if acc is not None:
+                total = acc if total is None else e.add(total, acc)
         if np.any(step.bias):
             total = e.add_plain(total, self._slots(step.bias))
         return e.rescale(total)

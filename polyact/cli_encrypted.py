@@ -231,12 +231,29 @@ def add_bench(sub, command) -> None:
     p.add_argument("--scale-bits", type=int, default=40)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", metavar="PANN", help="instead: profile a saved PANN's plan on one random input "
+                   "(seconds and SEAL calls per step and per primitive)")
     p.set_defaults(run=_run_bench)
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import he_backend
+    from he_backend.profile import profile
+
+    pann, shape = _load_pann_file(args.profile)
+    plan = he_backend.compile(pann, shape, "sample")
+    result = profile(plan, np.random.default_rng(0).uniform(-1, 1, shape))
+    print(json.dumps(result.to_dict()) if args.json else result.table())
+    return 0
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from he_backend.polyeval import time_polynomial
 
+    if args.profile:
+        return _run_profile(args)
     rows = [time_polynomial(d, args.scale_bits, repeat=args.repeat) for d in args.degrees]
     if args.json:
         print(json.dumps(rows))
