@@ -246,7 +246,13 @@ def _bits(cfg: RobustConfig, first: float | None, name: str) -> float:
     raise ValueError(f"perturbation={cfg.perturbation!r} needs {name}= (or bits= / alpha= to derive it)")
 
 
-def _perturbed(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any], str, Any]:
+def _perturbed(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any]]:
+    """``master``'s structure with perturbed activations, and each activation's interval."""
+    model, intervals, _, _ = _perturbed_with_step(master, data, cfg)
+    return model, intervals
+
+
+def _perturbed_with_step(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any], str, Any]:
     """``master``'s structure with perturbed activations (``cfg.perturbation``: ``"noise"`` or
     ``"worst_case"``), each activation's interval, a label, and the trainer's ``perturb`` step."""
     structure = prepare_structure(master.cpu())
@@ -392,7 +398,7 @@ def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None
         else:
             perturb = None
             if cfg.perturbation is not None:
-                trained, intervals, label, perturb = _perturbed(master, data, cfg)
+                trained, intervals, label, perturb = _perturbed_with_step(master, data, cfg)
             else:
                 trained, intervals = _plain_intervals(master, data, cfg)
             _train_stage(trained, intervals, data, cfg, per_stage, perturb)
