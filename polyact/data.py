@@ -1,5 +1,6 @@
-"""Data sets: scikit-learn's bundled ones (offline) and readers for MNIST, Fashion-MNIST and
-CIFAR-10 in their original formats from a local folder.
+"""Data sets: scikit-learn's bundled ones (offline), ``digits32`` (a harder 3x32x32 task
+generated from them), and readers for MNIST, Fashion-MNIST and CIFAR-10 in their original
+formats from a local folder.
 
 Every loader returns a :class:`Dataset` of float32 tensors: images as ``(N, C, H, W)`` scaled to
 [0, 1] (or standardised features for tabular data) and int64 labels.
@@ -61,6 +62,52 @@ def digits(test_size: float = 0.2, seed: int = 0) -> Dataset:
     bunch = load_digits()
     x = (bunch.images / 16.0).reshape(-1, 1, 8, 8)
     return _split("digits", x, bunch.target, test_size, seed)
+
+
+def _render_digits32(glyphs: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """Place each 8x8 glyph (values in [0, 1]) on a 32x32 colour canvas: random scale and shift
+    (bilinear resampling), random foreground and background colours, a smooth random background
+    texture and pixel noise. Returns ``(N, 3, 32, 32)`` in [0, 1]."""
+    import torch.nn.functional as F
+
+    n = len(glyphs)
+    size = rng.uniform(12.0, 28.0, n)  # glyph side in pixels
+    room = np.maximum(32.0 - size, 0.0) / 32.0  # how far the centre may move (normalised units)
+    centre = rng.uniform(-1.0, 1.0, (n, 2)) * room[:, None]
+    scale = 32.0 / size  # output-to-glyph coordinate ratio
+    theta = np.zeros((n, 2, 3))
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = -centre * scale[:, None]
+    grid = F.affine_grid(torch.tensor(theta, dtype=torch.float32), [n, 1, 32, 32], align_corners=False)
+    mask = F.grid_sample(torch.tensor(glyphs[:, None], dtype=torch.float32), grid, align_corners=False).numpy()
+    foreground = rng.uniform(0.0, 1.0, (n, 3, 1, 1))
+    background = rng.uniform(0.0, 1.0, (n, 3, 1, 1))
+    faint = np.abs(foreground - background).mean(axis=1, keepdims=True) < 0.25
+    foreground = np.where(faint, 1.0 - background, foreground)  # keep every digit visible
+    texture = F.interpolate(torch.tensor(rng.uniform(-1.0, 1.0, (n, 3, 4, 4)), dtype=torch.float32),
+                            size=(32, 32), mode="bilinear", align_corners=False).numpy()
+    canvas = background + 0.3 * texture
+    image = canvas * (1.0 - mask) + foreground * mask + noise * rng.standard_normal((n, 3, 32, 32))
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def digits32(copies: int = 4, noise: float = 0.12, test_size: float = 0.2, seed: int = 0) -> Dataset:
+    """A harder, offline image task: scikit-learn's digits rendered as ``(N, 3, 32, 32)`` colour
+    images with random scale (12-28 px), shift, foreground/background colour, a smooth
+    background texture and Gaussian pixel noise (std ``noise``). The 1,797 digits are split
+    first (stratified), then each is rendered ``copies`` times, so no digit is in both splits.
+    Deterministic: the same arguments give the same tensors."""
+    if copies < 1:
+        raise ValueError(f"digits32 needs copies >= 1 renderings per digit, got {copies}")
+    bunch = load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(bunch.images / 16.0, bunch.target, test_size=test_size,
+                                              random_state=seed, stratify=bunch.target)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for glyphs, labels in ((x_tr, y_tr), (x_te, y_te)):
+        glyphs, labels = np.repeat(glyphs, copies, axis=0), np.repeat(labels, copies)
+        parts += [torch.tensor(_render_digits32(glyphs, rng, noise)), torch.tensor(labels, dtype=torch.int64)]
+    return Dataset("digits32", *parts)
 
 
 def breast_cancer(test_size: float = 0.2, seed: int = 0) -> Dataset:
@@ -228,11 +275,11 @@ def image_folder(folder: str | Path, *, grayscale: bool | None = None, size: tup
     return Dataset(folder.name, to_x(train[0]), to_y(train[1]), to_x(test[0]), to_y(test[1]))
 
 
-BUILTIN = {"digits": digits, "breast_cancer": breast_cancer}
+BUILTIN = {"digits": digits, "digits32": digits32, "breast_cancer": breast_cancer}
 
 
 def load_dataset(spec: str) -> Dataset:
-    """Resolve a data set: a built-in name (``digits``, ``breast_cancer``), an ``.npz`` file, or
+    """Resolve a data set: a built-in name (``digits``, ``digits32``, ``breast_cancer``), an ``.npz`` file, or
     ``mnist:FOLDER``, ``fashion_mnist:FOLDER``, ``cifar10:FOLDER``, ``images:FOLDER`` (one
     subfolder per class, see :func:`image_folder`)."""
     if spec in BUILTIN:
@@ -247,6 +294,6 @@ def load_dataset(spec: str) -> Dataset:
     if spec.endswith(".npz"):
         return load_npz(spec)
     raise ValueError(
-        f"unknown data set {spec!r}; use digits, breast_cancer, a .npz file, "
+        f"unknown data set {spec!r}; use digits, digits32, breast_cancer, a .npz file, "
         "mnist:FOLDER, fashion_mnist:FOLDER, cifar10:FOLDER or images:FOLDER"
     )

@@ -19,6 +19,15 @@ Techniques (each switchable in :class:`RobustConfig`):
     ``B = max(|a|, |b|)`` of the layer's interval; for ReLU-like activations only on negative
     inputs, as the real error's harm is there. Cheap, and one trained model serves every
     precision finer than the noise.
+``perturbation="worst_case"``
+    The paper's bounded worst-case perturbation: keep the original activations and add, in
+    training, ``e(x) sign(dL/dy)`` to each activation's output ``y`` (one sign-gradient step,
+    as in FGSM, taken from a first forward/backward pass), where ``e(x)`` is the error band of
+    the target approximation at precision ``2^-band_bits``: ``2^-band_bits B`` for a minimax fit
+    (``B = max(|a|, |b|)`` of the layer's interval), and for composite ReLU (``alpha=``)
+    ``|x|`` inside the sign gap ``|x| < 2^-band_bits B`` and ``2^-band_bits |x| / 2`` outside
+    it. The network learns to tolerate every error inside the band, so one trained model
+    serves every precision at least as fine (``RobustResult.model``).
 ``range_penalty``
     ``lambda mean(((x - b)_+ + (a - x)_+)^2 / h^2)`` over each activation's inputs (``h`` the
     interval half-width): zero inside ``[a, b]``, quadratic outside, so encrypted inputs stay
@@ -43,6 +52,7 @@ import torch
 from torch import nn
 
 from .calibrate import choose_interval
+from .composite import PRODUCT_OF
 from .convert import calibrate, convert
 from .data import Dataset
 from .modules import polyact_layers
@@ -51,7 +61,7 @@ from .rewrite import ActivationSlot, install, prepare_structure
 from .storage import copy_metadata
 from .trainer import evaluate, train_classifier
 
-PERTURBATIONS = ("polynomial", "noise", None)
+PERTURBATIONS = ("polynomial", "noise", "worst_case", None)
 PROGRESSIVE = ("layers", "degree", None)
 NEGATIVE_SIDE = ("relu", "leaky_relu", "elu", "selu", "hardswish")
 
@@ -67,8 +77,11 @@ class RobustConfig:
     tolerance: float | None = None
     margin: float = 0.1
     per_channel: bool = False
+    calibration_size: int = 2048
+    report_depth: bool = True
     perturbation: str | None = "polynomial"
     noise_bits: float | None = None
+    band_bits: float | None = None
     range_penalty: float = 1.0
     weight_decay: float = 0.0
     mixup: float = 0.2
@@ -101,6 +114,7 @@ class RobustResult:
     pann: nn.Module
     report: ConversionReport | None
     stages: list[Stage] = field(default_factory=list)
+    model: nn.Module | None = None  # the fine-tuned weights with the original activations
 
 
 def range_penalty(x: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
@@ -121,7 +135,7 @@ class RangePenalty:
 
     def _hook(self, bounds: Any):
         def hook(module: nn.Module, args: tuple) -> None:
-            if module.training:
+            if module.training and not getattr(module, "probing", False):
                 low, high = bounds(args[0]) if callable(bounds) else bounds
                 self.terms.append(range_penalty(args[0], low, high))
         return hook
@@ -156,6 +170,68 @@ class PerturbedActivation(nn.Module):
         return y + noise
 
 
+def band_envelope(x: torch.Tensor, bits: float, bound: float, composite: bool) -> torch.Tensor:
+    """The error band ``e(x)`` of an approximation at precision ``2^-bits`` on an interval with
+    ``B = bound``: ``2^-bits B`` (minimax), or for composite ReLU ``|x|`` where ``|x| < 2^-bits B``
+    (the sign gap) and ``2^-bits |x| / 2`` elsewhere."""
+    tol = 2.0 ** (-bits)
+    if not composite:
+        return torch.full_like(x, tol * bound)
+    magnitude = x.abs()
+    return torch.where(magnitude < tol * bound, magnitude, 0.5 * tol * magnitude)
+
+
+class BandPerturbedActivation(nn.Module):
+    """``f(x) + e(x) d`` in training, with ``d`` the sign of the loss gradient w.r.t. the output
+    (set by :class:`WorstCasePerturbation`); exactly ``f(x)`` in eval mode or before a
+    direction is set. While ``probing`` it records its outputs for that gradient."""
+
+    def __init__(self, activation: nn.Module, bits: float, bound: float, composite: bool) -> None:
+        super().__init__()
+        self.activation = activation
+        self.bits, self.bound, self.composite = float(bits), float(bound), composite
+        self.probing = False
+        self.outputs: list[torch.Tensor] = []
+        self.directions: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.activation(x)
+        if not self.training:
+            return y
+        if self.probing:
+            self.outputs.append(y)
+            return y
+        if not self.directions:
+            return y
+        return y + band_envelope(x, self.bits, self.bound, self.composite) * self.directions.pop(0)
+
+
+class WorstCasePerturbation:
+    """The ``perturb`` step of :func:`polyact.trainer.train_classifier`: run the batch's loss
+    once with clean activations, then give every :class:`BandPerturbedActivation` the sign of
+    ``dL/dy`` (per call, in call order), so the training pass maximises the first-order loss
+    over the band."""
+
+    def __init__(self, layers: list[BandPerturbedActivation]) -> None:
+        self.layers = layers
+
+    def __call__(self, loss_of) -> None:
+        for layer in self.layers:
+            layer.probing, layer.outputs, layer.directions = True, [], []
+        try:
+            loss = loss_of()
+        finally:
+            for layer in self.layers:
+                layer.probing = False
+        outputs = [y for layer in self.layers for y in layer.outputs]
+        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+        it = iter(grads)
+        for layer in self.layers:
+            layer.directions = [torch.zeros_like(y) if g is None else g.sign() for y, g in
+                                zip(layer.outputs, [next(it) for _ in layer.outputs])]
+            layer.outputs = []
+
+
 def _copy_weights(source: nn.Module, target: nn.Module) -> None:
     """Copy every parameter and buffer the two models share (by name and shape)."""
     mine = target.state_dict()
@@ -163,41 +239,64 @@ def _copy_weights(source: nn.Module, target: nn.Module) -> None:
     target.load_state_dict(shared, strict=False)
 
 
-def _noise_bits(cfg: RobustConfig) -> float:
-    for value in (cfg.noise_bits, cfg.bits, cfg.alpha):
+def _bits(cfg: RobustConfig, first: float | None, name: str) -> float:
+    for value in (first, cfg.bits, cfg.alpha):
         if value is not None:
             return float(value)
-    raise ValueError("perturbation='noise' needs noise_bits= (or bits= / alpha= to derive it)")
+    raise ValueError(f"perturbation={cfg.perturbation!r} needs {name}= (or bits= / alpha= to derive it)")
 
 
 def _perturbed(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any]]:
-    """``master``'s structure with noisy activations, and each activation's interval."""
-    structure = prepare_structure(master)
-    observers = calibrate(structure, data.calibration())
-    bits = _noise_bits(cfg)
+    """``master``'s structure with perturbed activations, and each activation's interval."""
+    model, intervals, _, _ = _perturbed_with_step(master, data, cfg)
+    return model, intervals
+
+
+def _perturbed_with_step(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any], str, Any]:
+    """``master``'s structure with perturbed activations (``cfg.perturbation``: ``"noise"`` or
+    ``"worst_case"``), each activation's interval, a label, and the trainer's ``perturb`` step."""
+    structure = prepare_structure(master.cpu())
+    observers = calibrate(structure, data.calibration(cfg.calibration_size).cpu())
+    noise = cfg.perturbation == "noise"
+    bits = _bits(cfg, cfg.noise_bits if noise else cfg.band_bits, "noise_bits" if noise else "band_bits")
     intervals: dict[nn.Module, Any] = {}
     wrappers: dict[str, nn.Module] = {}
     for site in structure.sites:
         stats = observers[site.name].stats()
-        low, high = choose_interval(stats.min, stats.max, cfg.margin)
+        composite = cfg.alpha is not None and site.target in PRODUCT_OF
+        low, high = choose_interval(stats.min, stats.max, cfg.margin, symmetric=composite)
         scale = max(abs(low), abs(high))
-        wrappers[site.name] = PerturbedActivation(site.activation, 2.0**-bits * scale, site.target in NEGATIVE_SIDE)
+        if noise:
+            wrappers[site.name] = PerturbedActivation(site.activation, 2.0**-bits * scale, site.target in NEGATIVE_SIDE)
+        else:
+            wrappers[site.name] = BandPerturbedActivation(site.activation, bits, scale, composite)
         intervals[wrappers[site.name]] = (low, high)
     install(structure, lambda site: wrappers[site.name])
-    return structure.model, intervals
+    structure.model.to(data.x_train.device)
+    if noise:
+        return structure.model, intervals, f"noise 2^-{bits:g} B", None
+    return structure.model, intervals, f"worst case in the 2^-{bits:g} band", WorstCasePerturbation(list(wrappers.values()))
 
 
-def _plain_intervals(master: nn.Module, data: Dataset, margin: float) -> tuple[nn.Module, dict[nn.Module, Any]]:
+def _plain_intervals(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any]]:
     """``master``'s structure with its own activations, and each activation's interval."""
-    structure = prepare_structure(master)
-    observers = calibrate(structure, data.calibration())
+    structure = prepare_structure(master.cpu())
+    observers = calibrate(structure, data.calibration(cfg.calibration_size).cpu())
     intervals = {}
     for name, module in structure.model.named_modules():
         if isinstance(module, ActivationSlot):
             stats = observers[name].stats()
             module.observer = nn.Identity()
-            intervals[module] = choose_interval(stats.min, stats.max, margin)
-    return structure.model, intervals
+            intervals[module] = choose_interval(stats.min, stats.max, cfg.margin)
+    return structure.model.to(data.x_train.device), intervals
+
+
+def _calibration_batches(data: Dataset, cfg: RobustConfig) -> Any:
+    """The calibration inputs for :func:`polyact.convert`; with ``report_depth=False`` as a
+    one-pass iterator, so the report skips lowering the network (costly for large inputs) and
+    its depth is ``None``."""
+    calib = data.calibration(cfg.calibration_size).cpu()
+    return calib if cfg.report_depth else iter(calib.split(256))
 
 
 def _schedule(cfg: RobustConfig, sites: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -219,11 +318,13 @@ def _schedule(cfg: RobustConfig, sites: list[str]) -> list[tuple[str, dict[str, 
     return [(f"precision { {k: v for k, v in target.items() if v is not None} }", target)]
 
 
-def _train_stage(model: nn.Module, intervals: dict[nn.Module, Any], data: Dataset, cfg: RobustConfig, epochs: int) -> None:
+def _train_stage(model: nn.Module, intervals: dict[nn.Module, Any], data: Dataset, cfg: RobustConfig, epochs: int,
+                 perturb: Any = None) -> None:
     penalty = RangePenalty(intervals, cfg.range_penalty) if cfg.range_penalty > 0 else None
     try:
         train_classifier(model, data, epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                         batch_size=cfg.batch_size, mixup=cfg.mixup, extra_loss=penalty, seed=cfg.seed)
+                         batch_size=cfg.batch_size, mixup=cfg.mixup, extra_loss=penalty, perturb=perturb,
+                         seed=cfg.seed)
     finally:
         if penalty is not None:
             penalty.remove()
@@ -264,7 +365,8 @@ def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None
         raise ValueError(f"progressive must be one of {PROGRESSIVE}, got {cfg.progressive!r}")
     if cfg.weight_decay < 0 or cfg.range_penalty < 0:
         raise ValueError("weight_decay and range_penalty must be >= 0")
-    master = copy.deepcopy(model)
+    device = data.x_train.device  # train there; calibrate and fit on the CPU
+    master = copy.deepcopy(model).to(device)
     stages: list[Stage] = []
 
     if polyact_layers(master):  # already a PANN: fine-tune it as it is
@@ -286,22 +388,23 @@ def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None
     pann, report = None, None
     for label, kwargs in schedule:
         if cfg.perturbation == "polynomial":
-            pann, report = convert(master, data.calibration(), **kwargs)
+            pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **kwargs)
+            pann.to(device)
             if cfg.trainable_coefficients:
                 for layer in polyact_layers(pann).values():
                     layer.set_trainable(True)
             trained = pann
             _train_pann(pann, data, cfg, per_stage)
         else:
-            if cfg.perturbation == "noise":
-                trained, intervals = _perturbed(master, data, cfg)
-                label = f"noise 2^-{_noise_bits(cfg):g} B"
+            perturb = None
+            if cfg.perturbation is not None:
+                trained, intervals, label, perturb = _perturbed_with_step(master, data, cfg)
             else:
-                trained, intervals = _plain_intervals(master, data, cfg.margin)
-            _train_stage(trained, intervals, data, cfg, per_stage)
+                trained, intervals = _plain_intervals(master, data, cfg)
+            _train_stage(trained, intervals, data, cfg, per_stage, perturb)
         stages.append(Stage(label, per_stage, evaluate(trained, data.x_test, data.y_test)))
         _copy_weights(trained, master)
     if pann is not None:  # the last stage converted every layer at the target precision
-        return RobustResult(pann.eval(), report, stages)
-    pann, report = convert(master, data.calibration(), **cfg.precision())
-    return RobustResult(pann, report, stages)
+        return RobustResult(pann.eval(), report, stages, master.to(device).eval())
+    pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **cfg.precision())
+    return RobustResult(pann.to(device), report, stages, master.to(device).eval())

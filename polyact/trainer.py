@@ -56,6 +56,7 @@ def train_classifier(
     batch_size: int = 64,
     mixup: float = 0.0,
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    perturb: Callable[[Callable[[], torch.Tensor]], None] | None = None,
     grad_clip: float | None = 5.0,
     seed: int = 0,
     progress: bool = False,
@@ -65,7 +66,9 @@ def train_classifier(
     ``optimizer="adamw"`` (decoupled ``weight_decay``) or ``"sgd"`` (Nesterov ``momentum``,
     ``weight_decay`` as an L2 penalty, the usual CNN recipe). ``mixup > 0`` mixes pairs of samples with
     ``lambda ~ Beta(mixup, mixup)``. ``extra_loss()`` is added to each batch's loss after the
-    forward pass (e.g. a range penalty collected by hooks). Batches with a non-finite loss are
+    forward pass (e.g. a range penalty collected by hooks). ``perturb(loss_of)``, if given, is
+    called before each batch's forward pass with a function computing that batch's loss (it may
+    run it to choose worst-case perturbations, see :class:`polyact.train.WorstCasePerturbation`). Batches with a non-finite loss are
     skipped; too many of them raise ``RuntimeError``.
     """
     torch.manual_seed(seed)
@@ -92,10 +95,17 @@ def train_classifier(
             if mixup > 0:
                 lam = float(rng.beta(mixup, mixup))
                 perm = torch.randperm(len(idx))
-                logits = model(lam * x + (1 - lam) * x[perm])
-                loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+                inputs, targets, weights = lam * x + (1 - lam) * x[perm], (y, y[perm]), (lam, 1 - lam)
             else:
-                loss = F.cross_entropy(model(x), y)
+                inputs, targets, weights = x, (y,), (1.0,)
+
+            def loss_of(inputs=inputs, targets=targets, weights=weights) -> torch.Tensor:
+                logits = model(inputs)
+                return sum(w * F.cross_entropy(logits, t) for w, t in zip(weights, targets))
+
+            if perturb is not None:
+                perturb(loss_of)
+            loss = loss_of()
             if extra_loss is not None:
                 loss = loss + extra_loss()
             if not torch.isfinite(loss):

@@ -123,3 +123,32 @@ def test_image_folder_reads_class_subfolders(tmp_path):
     (tmp_path / "empty" / "only").mkdir(parents=True)
     with pytest.raises(ValueError, match="at least two class subfolders"):
         data.image_folder(tmp_path / "empty")
+
+
+def _ridge_accuracy(ds):
+    from sklearn.linear_model import RidgeClassifier
+
+    flat = lambda x: x.reshape(len(x), -1).numpy()  # noqa: E731
+    return RidgeClassifier().fit(flat(ds.x_train), ds.y_train.numpy()).score(flat(ds.x_test), ds.y_test.numpy())
+
+
+def test_digits32_is_deterministic_colour_32x32_and_split_before_rendering():
+    a, b = data.digits32(copies=1), data.load_dataset("digits32")
+    assert a.x_train.shape == (1437, 3, 32, 32) and a.x_test.shape == (360, 3, 32, 32)
+    assert b.x_train.shape == (4 * 1437, 3, 32, 32) and b.name == "digits32"
+    assert a.x_train.min() >= 0 and a.x_train.max() <= 1 and a.x_train.dtype == torch.float32
+    again = data.digits32(copies=1)
+    assert torch.equal(a.x_train, again.x_train) and torch.equal(a.y_test, again.y_test)
+    other = data.digits32(copies=1, seed=1)
+    assert not torch.allclose(a.x_train, other.x_train)
+    # the labels are the plain digits split's, so no digit is in both splits
+    np.testing.assert_array_equal(a.y_test.numpy(), data.digits().y_test.numpy())
+    np.testing.assert_array_equal(np.repeat(a.y_train.numpy(), 4), b.y_train.numpy())
+    # colours differ per image: channel means are not all equal
+    assert a.x_train.mean(dim=(2, 3)).std(0).min() > 0.1
+
+
+def test_digits32_is_much_harder_than_digits_for_a_plain_linear_model():
+    easy, hard = _ridge_accuracy(data.digits()), _ridge_accuracy(data.digits32(copies=1))
+    assert easy > 0.9
+    assert hard < 0.5  # random colour, scale and shift defeat a linear read-out of the pixels

@@ -1,0 +1,59 @@
+"""Worst-case band perturbation (perturbation="worst_case") of polyact.train."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polyact.fit import fit
+from polyact.train import BandPerturbedActivation, WorstCasePerturbation, band_envelope, robust_finetune
+
+
+def test_band_envelope_bounds_the_real_composite_relu_error():
+    bound, alpha = 3.0, 4
+    poly = fit(nn.ReLU(), (-bound, bound), None, "composite", alpha=alpha)
+    x = np.linspace(-bound, bound, 20001)
+    error = np.abs(poly(x) - np.maximum(x, 0.0))
+    band = band_envelope(torch.tensor(x), alpha, bound, composite=True).numpy()
+    assert np.all(error <= band + 1e-12)
+    assert error.max() > 0.25 * band.max()  # the band is not loose by orders of magnitude
+    smooth = band_envelope(torch.tensor(x), alpha, bound, composite=False).numpy()
+    np.testing.assert_allclose(smooth, 2.0 ** -alpha * bound)
+
+
+def _net(bits):
+    torch.manual_seed(0)
+    act = BandPerturbedActivation(nn.Tanh(), bits, 1.0, composite=False)
+    return nn.Sequential(nn.Linear(5, 16), act, nn.Linear(16, 3)), act
+
+
+def test_sign_gradient_step_is_the_worst_first_order_perturbation():
+    net, act = _net(bits=6)
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    loss_of = lambda: F.cross_entropy(net(x), y)  # noqa: E731
+    net.train()
+    clean = loss_of().item()
+    WorstCasePerturbation([act])(loss_of)
+    worst = loss_of().item()
+    assert act.directions == []  # consumed by the training pass
+    eps = 2.0 ** -6
+    assert worst > clean
+    for seed in range(5):  # any other perturbation in the band raises the loss less
+        torch.manual_seed(seed)
+        act.directions = [torch.randint(0, 2, (32, 16)).float() * 2 - 1]
+        assert loss_of().item() < worst
+    # first order: the increase is eps * sum |dL/dy|
+    h = net[1].activation(net[0](x)).detach().requires_grad_(True)
+    grad = torch.autograd.grad(F.cross_entropy(net[2](h), y), h)[0]
+    assert abs((worst - clean) - eps * grad.abs().sum().item()) < 0.1 * eps * grad.abs().sum().item()
+    net.eval()
+    assert loss_of().item() == clean  # evaluation is never perturbed
+
+
+def test_worst_case_finetune_trains_and_returns_the_model_with_original_activations(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 10))
+    result = robust_finetune(model, digits, bits=6, perturbation="worst_case", epochs=2, mixup=0.0)
+    assert result.stages[0].label == "worst case in the 2^-6 band"
+    assert result.stages[0].test_accuracy > 60  # learns while perturbed (untrained: ~10)
+    assert any(isinstance(m, nn.GELU) for m in result.model.modules())
+    assert not torch.equal(result.model[1].weight, model[1].weight)
