@@ -47,3 +47,17 @@ def digits_mlp(digits):
 @pytest.fixture(scope="session")
 def digits_resnet(digits):
     return _trained(digits, "resnet", "gelu", 4, channels=(4, 8))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_memory_after_each_module():
+    """Hand a module's freed memory back to the OS before the next module runs: glibc keeps
+    freed heap pages until ``malloc_trim``, so without this the suite's resident size grows with
+    every module that held ciphertexts, keys or encoded weights."""
+    yield
+    import gc
+
+    from he_backend.memory import release_memory
+
+    gc.collect()
+    release_memory()
