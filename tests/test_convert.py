@@ -463,3 +463,59 @@ def test_poly_maxpool_is_default_stays_within_its_bound_and_lowers():
     graph = lower(pann, (1, 8, 8))
     np.testing.assert_allclose(graph.forward(x[:8].double().numpy()), pann.double()(x[:8].double()).detach().numpy(), atol=1e-8)
     assert report.depth == graph.depth == 1 + 4 + 2 * (1 + pools[0].depth) + 1
+
+
+class VisionLayers(nn.Module):
+    """Affine layers of common vision models around one activation: grouped and depthwise,
+    strided, dilated convs, AvgPool with padding and ceil_mode, Conv1d, BatchNorm1d/2d,
+    Dropout, Identity, nearest and bilinear upsampling, permute/reshape, cat, inplace +=."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2)
+        self.group, self.depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.bn, self.drop, self.skip = nn.BatchNorm2d(4), nn.Dropout(0.3), nn.Identity()
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.up, self.smooth = nn.Upsample(scale_factor=2, mode="nearest"), nn.Upsample(scale_factor=2, mode="bilinear")
+        self.act = nn.SiLU()
+        self.seq, self.bn1 = nn.Conv1d(8, 4, 3, padding=1), nn.BatchNorm1d(4)
+        self.head = nn.Linear(4 * 18, 3)
+
+    def forward(self, x):
+        h = self.bn(self.depthwise(self.group(self.conv(x))))
+        h += self.skip(self.drop(h))
+        h = self.act(torch.cat([self.pool(h), self.pool(-h)], 1))        # (N, 8, 3, 3): ceil_mode
+        h = self.up(h) + self.smooth(h)                                 # (N, 8, 6, 6)
+        h = self.bn1(self.seq(h.permute(0, 1, 3, 2).reshape(h.shape[0], 8, 36)))
+        return self.head(torch.flatten(h[:, :, ::2], 1))
+
+
+def test_vision_layers_lower_exactly():
+    torch.manual_seed(6)
+    model = VisionLayers().eval()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    model.bn1.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(64, 2, 8, 8)
+    pann, report = convert(model, x, degree=7)
+    graph = lower(pann, (2, 8, 8))
+    with torch.no_grad():
+        expected = pann.double()(x[:8].double()).numpy()
+    np.testing.assert_allclose(graph.forward(x[:8].double().numpy()), expected, rtol=1e-9, atol=1e-9)
+    assert report.depth == graph.depth == 1 + 3 + 1
+
+
+def test_non_polynomial_layers_are_refused_by_name():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.norm = nn.MultiheadAttention(6, 2, batch_first=True), nn.LayerNorm(6)
+
+        def forward(self, x):
+            h = self.norm(x.unsqueeze(1))
+            return self.attn(h, h, h)[0].squeeze(1)
+
+    with pytest.raises(UnsupportedOperationError) as info:
+        convert(Attention().eval(), X, degree=5)
+    text = str(info.value)
+    assert "nn.MultiheadAttention" in text and "polynomial mixing layer" in text
+    assert "nn.LayerNorm" in text and "BatchNorm" in text
