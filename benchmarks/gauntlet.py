@@ -1,7 +1,7 @@
 """The gauntlet: model families written the way popular codebases write them, trained briefly on
 digits, converted to PANNs, compared with the original, compiled and run encrypted.
 
-    python benchmarks/gauntlet.py [--epochs 8] [--encrypted 2] [--only resnet_basic vgg_maxpool]
+    python benchmarks/gauntlet.py [--epochs 10] [--encrypted 2] [--only resnet_basic vgg_maxpool]
 
 Prints one row per architecture (converted or refused and why, depth, accuracy of the original
 and of the PANN at the chosen degree, agreement of the plan's float64 twin and of CKKS with the
@@ -253,7 +253,7 @@ def prepare(name: str, digits: data.Dataset, epochs: int, seed: int = 0) -> dict
     torch.manual_seed(seed)
     model = entry.build()
     started = time.perf_counter()
-    train_classifier(model, digits, epochs=epochs, seed=seed)
+    train_classifier(model, digits, epochs=epochs, lr=1e-2, seed=seed)
     model.eval()
     row: dict[str, Any] = {"architecture": name, "degree": entry.convert.get("degree"),
                            "accuracy_original": round(evaluate(model, digits.x_test, digits.y_test), 2)}
@@ -312,7 +312,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--encrypted", type=int, default=2, help="encrypted test samples per architecture (0: none)")
     parser.add_argument("--only", nargs="*", choices=sorted(ENTRIES), default=None)
     args = parser.parse_args()
