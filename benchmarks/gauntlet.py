@@ -148,10 +148,11 @@ class SqueezeNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(inplace=True), Fire(8, 4, 4, 4))
-        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d((1, 1)))
+        # a linear head (torchvision's conv + global-pool head does not train at this width)
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
 
     def forward(self, x):
-        return torch.flatten(self.classifier(self.features(x)), 1)
+        return self.classifier(self.features(x))
 
 
 # ---- LeNet-5 (tanh, average pooling) ---------------------------------------------------------
