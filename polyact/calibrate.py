@@ -35,7 +35,7 @@ class RangeObserver(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values = x.detach().to(torch.float64)
+        values = x.detach().to(torch.float64, copy=True)  # inplace activations overwrite x afterwards
         if values.numel() == 0:
             return x
         if not torch.isfinite(values).all():

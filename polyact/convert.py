@@ -15,6 +15,9 @@ The result is an ordinary ``nn.Module`` plus a :class:`~polyact.report.Conversio
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+import copy
+import functools
+import warnings
 from typing import Any, Iterable, Union
 
 import numpy as np
@@ -42,7 +45,10 @@ from .rewrite import (
     prepare_structure,
 )
 from .storage import INPUT_SHAPE_ATTR, STRUCTURE_ATTR
-from .target import as_target
+from .elementwise import channel_slopes, prelu_channel
+from .target import Target, as_target
+
+DEFAULT_MAXPOOL_ALPHA = 5.0
 
 CalibrationData = Union[torch.Tensor, Dataset, Iterable]
 
@@ -80,9 +86,55 @@ def _batches(data: CalibrationData, batch_size: int) -> Iterable[torch.Tensor]:
 
 
 def _input_shape(data: CalibrationData) -> tuple[int, ...] | None:
-    for batch in _batches(data, 1):
-        return tuple(batch.shape[1:])
+    batch = _first_batch(data)
+    return None if batch is None else tuple(batch.shape[1:])
+
+
+def _first_batch(data: CalibrationData, size: int = 1) -> torch.Tensor | None:
+    for batch in _batches(data, size):
+        return batch
     return None
+
+
+class MaxPoolAveragedWarning(UserWarning):
+    """``maxpool="avg"`` changed what the network computes (with the measured cost)."""
+
+
+@torch.no_grad()
+def _averaging_cost(model: nn.Module, averaged: nn.Module, data: CalibrationData) -> str:
+    """Measure, warn about and describe what average pooling instead of max pooling costs:
+    test accuracy for a :class:`Dataset`, else top-1 agreement on the calibration inputs."""
+    if isinstance(data, Dataset):
+        x, y = data.x_test, data.y_test
+    else:
+        x, y = _first_batch(data, 2048), None
+    before, after = copy.deepcopy(model).eval()(x).argmax(1), averaged.eval()(x).argmax(1)
+    if y is not None:
+        change = (f"test accuracy {100 * (before == y).float().mean():.2f}% -> "
+                  f"{100 * (after == y).float().mean():.2f}% (before fitting any polynomial)")
+    else:
+        change = f"top-1 agreement with the original on {len(x)} calibration inputs: {100 * (before == after).float().mean():.2f}%"
+    message = (f"maxpool='avg' replaced max pooling by average pooling: {change}. Fine-tune the converted "
+               "network (`polyact train`, polyact.train.robust_finetune) or use maxpool='poly' to keep max pooling")
+    warnings.warn(message, MaxPoolAveragedWarning, stacklevel=3)
+    return message
+
+
+def _pool_notes(structure: Structure, layers: list[LayerReport]) -> list[str]:
+    """Depth and error bound of each polynomial max pool: ``levels x (1 + depth(|x|))`` and
+    ``sum_i e_i / 2`` (max is 1-Lipschitz in each argument)."""
+    pools: dict[str, list[LayerReport]] = {}
+    for site, layer in zip(structure.sites, layers):
+        if site.kind == "maxpool":
+            pools.setdefault(site.name.rsplit(".", 1)[0], []).append(layer)
+    notes = []
+    for name, levels in pools.items():
+        depth = sum(1 + layer.depth for layer in levels)
+        bound = sum(layer.max_error for layer in levels) / 2.0
+        kinds = ", ".join(f"{layer.method} degree {layer.degree}" for layer in levels)
+        notes.append(f"{name}: polynomial max pooling, {len(levels)} levels of |x| ({kinds}), "
+                     f"depth {depth}, max error <= {bound:.4g}")
+    return notes
 
 
 @torch.no_grad()
@@ -117,12 +169,25 @@ def calibrate(structure: Structure, data: CalibrationData, batch_size: int = 256
     return observers
 
 
-def _config_for(site: Site, base: FitConfig, overrides: dict[str, dict[str, Any]]) -> FitConfig:
+def _config_for(site: Site, base: FitConfig, overrides: dict[str, dict[str, Any]], maxpool_alpha: float) -> FitConfig:
+    if site.kind == "maxpool":  # |a - b| of a max-pool tree, to 2^-maxpool_alpha B (see _fit_pool_abs)
+        base = replace(base, method="minimax", degree=None, tolerance=None, bits=maxpool_alpha, alpha=None,
+                       eps=None, per_channel=False, range_mode="minmax")
+        return replace(base, **overrides.get(site.name, {}))
     changes = {**overrides.get(site.target, {}), **overrides.get(site.name, {})}
     return replace(base, **changes) if changes else base
 
 
-def _fit_interval(target: nn.Module, interval: tuple[float, float], cfg: FitConfig, stats: ActivationStats, site: Site) -> Polynomial:
+def _channel_targets(site: Site) -> list[Target] | None:
+    """One target per channel for activations whose function differs per channel (a PReLU
+    with one learned slope per channel)."""
+    slopes = channel_slopes(site.activation)
+    if slopes is None:
+        return None
+    return [Target(prelu_channel(float(w)), f"prelu[{c}]", (0.0,)) for c, w in enumerate(slopes)]
+
+
+def _fit_interval(target: nn.Module | Target, interval: tuple[float, float], cfg: FitConfig, stats: ActivationStats, site: Site) -> Polynomial:
     if site.target == "square":
         return fit(target, interval, 2, "minimax")  # already a polynomial: exact
     if cfg.alpha is not None and site.target in PRODUCT_OF:
@@ -141,25 +206,65 @@ def _fit_interval(target: nn.Module, interval: tuple[float, float], cfg: FitConf
     return fit(target, interval, cfg.degree, cfg.method, weights=weights)
 
 
+MINIMAX_ABS_BITS = 9  # |x| to 2^-9 B: minimax degree ~150 (depth 8); composites need >= 12 levels
+
+
+@functools.lru_cache(maxsize=32)
+def _unit_abs(bits: float) -> ChebPoly:
+    """Lowest-degree minimax ``|t|`` on ``[-1, 1]`` within ``2^-bits``."""
+    return fit_to_tolerance("abs", (-1.0, 1.0), 2.0 ** (-bits), "minimax", max_degree=255)
+
+
+def _fit_pool_abs(site: Site, stats: ActivationStats, cfg: FitConfig) -> tuple[Polynomial, tuple[float, float]]:
+    """``|x|`` of a max-pool level on the symmetric interval ``[-B, B]`` to ``2^-bits B``.
+
+    ``|x| = B |x / B|``, so one minimax fit on ``[-1, 1]`` per precision serves every level.
+    For ``|x|`` (unlike sign) a single minimax polynomial is shallower than a composite at
+    these precisions (2^-5: degree 10, depth 4 vs composite depth 8; 2^-8: depth 7 vs 12),
+    so composites are used only above ``MINIMAX_ABS_BITS`` bits, or when asked for with
+    ``alpha`` in ``overrides``."""
+    low, high = observed_range(stats, cfg.range_mode, cfg.percentile)
+    interval = choose_interval(low, high, cfg.margin, symmetric=True)
+    bound = interval[1]
+    if cfg.bits > MINIMAX_ABS_BITS:
+        return fit(site.activation, interval, None, "composite", alpha=cfg.bits), interval
+    unit = _unit_abs(float(cfg.bits))
+    poly = ChebPoly(np.asarray(unit.coef) * bound, interval, max_error=unit.max_error * bound,
+                    method="minimax", target="abs")
+    return poly, interval
+
+
 def _fit_site(site: Site, stats: ActivationStats, cfg: FitConfig) -> tuple[Polynomial | list[ChebPoly], tuple[float, float]]:
+    if site.kind == "maxpool" and cfg.bits is not None and cfg.alpha is None:
+        return _fit_pool_abs(site, stats, cfg)
     composite = cfg.alpha is not None and site.target in PRODUCT_OF
     low, high = observed_range(stats, cfg.range_mode, cfg.percentile)
     interval = choose_interval(low, high, cfg.margin, symmetric=composite)
-    if not cfg.per_channel:
+    channel_targets = _channel_targets(site)
+    if not cfg.per_channel and channel_targets is None:
         return _fit_interval(site.activation, interval, cfg, stats, site), interval
     if composite or cfg.method == "lsq" or stats.channel_min is None:
-        raise ValueError(f"{site.name}: per-channel fits support minimax and chebyshev with degree= or tolerance=")
+        why = " (its function differs per channel)" if channel_targets else ""
+        raise ValueError(f"{site.name}: per-channel fits{why} support minimax and chebyshev with degree= or tolerance=")
+    if channel_targets is not None and len(channel_targets) != len(stats.channel_min):
+        raise ValueError(f"{site.name}: {len(channel_targets)} per-channel slopes but its input has "
+                         f"{len(stats.channel_min)} channels on axis 1")
+    targets = channel_targets or [site.activation] * len(stats.channel_min)
     intervals = [choose_interval(lo, hi, cfg.margin) for lo, hi in zip(stats.channel_min, stats.channel_max)]
     if cfg.tolerance is not None or cfg.bits is not None:  # one degree (one schedule) for all channels
-        degree = max(_fit_interval(site.activation, iv, cfg, stats, site).degree for iv in intervals)
+        degree = max(_fit_interval(t, iv, cfg, stats, site).degree for t, iv in zip(targets, intervals))
         cfg = replace(cfg, degree=degree, tolerance=None, bits=None)
-    polys = [_fit_interval(site.activation, iv, cfg, stats, site) for iv in intervals]
+    polys = [_fit_interval(t, iv, cfg, stats, site) for t, iv in zip(targets, intervals)]
     return polys, (min(iv[0] for iv in intervals), max(iv[1] for iv in intervals))
 
 
 def _calibration_error(site: Site, poly: Polynomial | list[ChebPoly], stats: ActivationStats) -> tuple[float, float]:
     """Largest error on the calibration samples and the fraction outside the interval(s)."""
-    exact = as_target(site.activation)(stats.samples)
+    slopes = channel_slopes(site.activation)
+    if slopes is None:
+        exact = as_target(site.activation)(stats.samples)
+    else:
+        exact = np.where(stats.samples >= 0, stats.samples, slopes[stats.sample_channels] * stats.samples)
     if isinstance(poly, list):
         approx = np.empty_like(stats.samples)
         outside = np.zeros(stats.samples.shape, dtype=bool)
@@ -187,7 +292,8 @@ def convert(
     per_channel: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
     layers: Iterable[str] | None = None,
-    maxpool: str = "avg",
+    maxpool: str = "poly",
+    maxpool_alpha: float = DEFAULT_MAXPOOL_ALPHA,
     use_fx: bool = True,
     batch_size: int = 256,
     progress: bool = False,
@@ -210,7 +316,14 @@ def convert(
         ``{"features.2": {"degree": 31}, "gelu": {"method": "lsq"}}``.
     layers : convert only these activation layers (names as in the report); the others keep
         their original function (for progressive replacement).
-    maxpool : ``"avg"`` replaces max pooling by average pooling; ``"error"`` rejects it.
+    maxpool : ``"poly"`` (default) computes max pooling with polynomials,
+        ``max(a, b) = (a + b)/2 + |a - b|/2`` over each window as a tree of ``|x|`` fitted to
+        ``2^-maxpool_alpha B`` on ``[-B, B]`` (the shallower of a minimax and a composite
+        polynomial; :mod:`polyact.maxpool`; depth and error bound in the report's notes); ``"avg"`` replaces it by average pooling, which changes the network:
+        the accuracy change is measured, warned about and noted (fine-tune with ``polyact
+        train``); ``"error"`` refuses max pooling.
+    maxpool_alpha : precision bits of the max-pool ``|x|`` (per level by name in ``overrides``,
+        e.g. ``{"features.2.abs0": {"bits": 7}}``, or ``{"alpha": 8}`` for a composite).
     use_fx : trace with torch.fx (else swap activation modules only).
 
     Returns ``(pann, report)``.
@@ -223,7 +336,9 @@ def convert(
     for key, change in overrides.items():
         if set(change) - valid_keys:
             raise ValueError(f"overrides[{key!r}] has unknown settings {sorted(set(change) - valid_keys)}; use {sorted(valid_keys)}")
-    structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx)
+    structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx, example=_first_batch(calib_data))
+    if structure.avg_pooled:
+        structure.notes.append(_averaging_cost(model, structure.model, calib_data))
     names = sorted(s.name for s in structure.sites)
     known = set(names) | {s.target for s in structure.sites}
     unknown = set(overrides) - known
@@ -241,7 +356,7 @@ def convert(
     polys: dict[str, PolyAct] = {}
     for site in tqdm(structure.sites, desc="fit", disable=not progress, leave=False):
         stats = observers[site.name].stats()
-        cfg = _config_for(site, base, overrides)
+        cfg = _config_for(site, base, overrides, maxpool_alpha)
         poly, interval = _fit_site(site, stats, cfg)
         polys[site.name] = PolyAct(poly, target=site.target, name=site.name)
         calib_error, outside = _calibration_error(site, poly, stats)
@@ -257,9 +372,12 @@ def convert(
     input_shape = _input_shape(calib_data)
     if hasattr(model, FACTORY_ATTR):
         setattr(pann, FACTORY_ATTR, getattr(model, FACTORY_ATTR))
-    setattr(pann, STRUCTURE_ATTR, {"maxpool": maxpool, "use_fx": use_fx})
+    options = {"maxpool": maxpool, "use_fx": use_fx}
+    if structure.call_counts:
+        options["call_counts"] = dict(structure.call_counts)
+    setattr(pann, STRUCTURE_ATTR, options)
     setattr(pann, INPUT_SHAPE_ATTR, list(input_shape) if input_shape else None)
-    return pann, build_report(pann, layers, input_shape, structure.notes)
+    return pann, build_report(pann, layers, input_shape, structure.notes + _pool_notes(structure, layers))
 
 
 def build_report(pann: nn.Module, layers: list[LayerReport], input_shape: tuple[int, ...] | None, notes: list[str]) -> ConversionReport:
@@ -267,7 +385,7 @@ def build_report(pann: nn.Module, layers: list[LayerReport], input_shape: tuple[
     depth, evals, notes = None, 0, list(notes)
     if input_shape is not None:
         try:
-            graph = lower(pann, input_shape)
+            graph = lower(copy.deepcopy(pann), input_shape)  # lower() may cast a traced copy's shared modules
             depth = graph.depth
             evals = sum(int(np.prod(n.shape)) for n in graph.poly_nodes)
             folded = [n.name for n in graph.poly_nodes if n.fold_square]

@@ -20,10 +20,11 @@ ACTIVATION_FUNCTIONS: dict[Callable, str] = {
     torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
     F.elu: "elu", F.selu: "selu", torch.selu: "selu", F.softplus: "softplus", F.mish: "mish",
     F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", torch.abs: "abs", torch.sign: "sign",
+    F.leaky_relu_: "leaky_relu", F.elu_: "elu", torch.sigmoid_: "sigmoid", torch.tanh_: "tanh",
 }
 ACTIVATION_METHODS: dict[str, str] = {
     "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
-    "tanh": "tanh", "tanh_": "tanh", "abs": "abs", "sign": "sign",
+    "tanh": "tanh", "tanh_": "tanh", "abs": "abs", "abs_": "abs", "sign": "sign",
 }
 
 POLYNOMIAL_FUNCTIONS: set[Callable] = {
@@ -33,18 +34,21 @@ POLYNOMIAL_FUNCTIONS: set[Callable] = {
     torch.flatten, torch.cat, torch.stack, torch.reshape, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.sum, torch.mean, torch.square,
     F.linear, F.conv1d, F.conv2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.dropout, F.batch_norm, F.pad,
+    F.adaptive_avg_pool2d, F.dropout, F.batch_norm, F.pad, F.interpolate, F.pixel_shuffle,
+    torch.chunk, torch.split, torch.narrow, torch.flip, torch.roll, torch.t,
 }
 POLYNOMIAL_METHODS: set[str] = {
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "dim",
     "unsqueeze", "squeeze", "expand", "expand_as", "mean", "sum", "add", "sub", "mul", "neg",
     "matmul", "float", "double", "to", "type_as", "clone", "detach", "chunk", "split",
-    "repeat", "square", "add_", "sub_", "mul_",
+    "repeat", "square", "add_", "sub_", "mul_", "view_as", "reshape_as", "t", "narrow", "flip", "roll",
 }
 POLYNOMIAL_MODULES: tuple[type, ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Unflatten, nn.Dropout,
-    nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.ZeroPad2d,
+    nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.ConvTranspose1d, nn.ConvTranspose2d,
 )
 MAXPOOL_MODULES: dict[type, Callable[[nn.Module], nn.Module]] = {
     nn.MaxPool1d: lambda m: nn.AvgPool1d(m.kernel_size, m.stride, m.padding),
@@ -67,9 +71,11 @@ HINTS: dict[Any, str] = {
     nn.LayerNorm: "LayerNorm divides by a data-dependent standard deviation; use BatchNorm (affine at inference) instead",
     F.layer_norm: "layer_norm divides by a data-dependent standard deviation; use BatchNorm (affine at inference) instead",
     nn.GroupNorm: "GroupNorm divides by a data-dependent standard deviation; use BatchNorm instead",
-    torch.max: "max is not a polynomial; use average pooling or a mean",
-    torch.amax: "max is not a polynomial; use average pooling or a mean",
-    "max": "max is not a polynomial; use average pooling or a mean",
+    torch.max: "a max over a tensor is not a polynomial; use nn.MaxPool2d (converted with maxpool='poly'), average pooling or a mean",
+    torch.amax: "a max over a tensor is not a polynomial; use nn.MaxPool2d (converted with maxpool='poly'), average pooling or a mean",
+    "max": "a max over a tensor is not a polynomial; use nn.MaxPool2d (converted with maxpool='poly'), average pooling or a mean",
+    nn.MultiheadAttention: "attention needs a softmax of products of activations; replace it by a polynomial mixing layer (e.g. an MLP-Mixer token MLP)",
+    F.scaled_dot_product_attention: "attention needs a softmax; replace it by a polynomial mixing layer (e.g. an MLP-Mixer token MLP)",
     operator.truediv: "division by a tensor is not a polynomial; divide by a constant, or fold the scale into a linear layer",
     torch.div: "division by a tensor is not a polynomial; divide by a constant, or fold the scale into a linear layer",
     torch.exp: "exp is not a polynomial; put it in an activation module from polyact.activations so it can be fitted",
@@ -77,11 +83,6 @@ HINTS: dict[Any, str] = {
     torch.sqrt: "sqrt is not a polynomial; fit it explicitly with polyact.fit on a positive interval",
     torch.rsqrt: "rsqrt is not a polynomial; fold normalisation statistics into a linear layer",
     nn.Embedding: "embedding lookups are not polynomial; embed on the client before encryption",
-    torch.clamp: "clamp is not a polynomial; use a smooth activation or a wider range",
-    F.hardtanh: "hardtanh is not in the activation zoo; use tanh or hardsigmoid",
-    F.relu6: "relu6 is not in the activation zoo; use relu (its range is bounded by calibration anyway)",
-    nn.ReLU6: "ReLU6 is not in the activation zoo; use nn.ReLU",
-    nn.Hardtanh: "Hardtanh is not in the activation zoo; use nn.Tanh or nn.Hardsigmoid",
 }
 
 GENERIC_HINT = (

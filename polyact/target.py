@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import activation_breakpoints, activation_name, get_activation
+from .activations import activation_breakpoints, get_activation
+from .elementwise import module_breakpoints, module_name
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def _module_function(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
     def fn(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return frozen(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+            return frozen(torch.tensor(x, dtype=torch.float64)).numpy()  # a copy: inplace modules keep x
 
     return fn
 
@@ -53,7 +54,7 @@ def _callable_function(func: Callable[..., Any]) -> Callable[[np.ndarray], np.nd
         try:
             y = func(x)
         except (TypeError, AttributeError):
-            y = func(torch.from_numpy(np.ascontiguousarray(x)))
+            y = func(torch.tensor(x, dtype=torch.float64))
         if isinstance(y, torch.Tensor):
             y = y.detach().cpu().double().numpy()
         return np.asarray(y, dtype=np.float64)
@@ -70,8 +71,8 @@ def as_target(fn: Any) -> Target:
         module = get_activation(fn)
         return Target(_module_function(module), fn.lower(), activation_breakpoints(module))
     if isinstance(fn, nn.Module):
-        name = activation_name(fn) or type(fn).__name__
-        return Target(_module_function(fn), name, activation_breakpoints(fn))
+        name = getattr(fn, "activation_name", None) or module_name(fn) or type(fn).__name__
+        return Target(_module_function(fn), name, module_breakpoints(fn))
     if callable(fn):
         return Target(_callable_function(fn), getattr(fn, "__name__", type(fn).__name__))
     raise TypeError(

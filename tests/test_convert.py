@@ -11,7 +11,7 @@ from torch import nn
 
 import polyact
 from polyact.activations import available_activations, get_activation
-from polyact.convert import convert
+from polyact.convert import MaxPoolAveragedWarning, convert
 from polyact.graph import LoweringError, lower
 from polyact.modules import OutOfRangeError, PolyAct, polyact_layers, range_report, set_strict
 from polyact.rewrite import UnsupportedOperationError
@@ -130,17 +130,21 @@ def test_unsupported_operations_are_named_with_what_to_do():
     assert "'norm' (nn.LayerNorm)" in text and "BatchNorm" in text
     assert "division by a tensor" in text
     assert "torch.max" in text and "average pooling" in text
-    assert "F.softmax" in text and "apply it on the client" in text or "after decryption" in text
+    assert "F.softmax" in text and ("apply it on the client" in text or "after decryption" in text)
 
 
-def test_maxpool_becomes_avgpool_and_can_be_refused():
+def test_maxpool_average_is_opt_in_measured_and_refusal_names_the_option():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 3)).eval()
     x = torch.randn(64, 1, 8, 8)
-    pann, report = convert(model, x, degree=15)
-    assert any("MaxPool2d -> nn.AvgPool2d" in note for note in report.notes)
+    with pytest.warns(MaxPoolAveragedWarning, match=r"agreement with the original on 64 calibration inputs: \d+\.\d+%"):
+        pann, report = convert(model, x, degree=15, maxpool="avg")
     assert isinstance(pann.get_submodule("2"), nn.AvgPool2d)
-    with pytest.raises(UnsupportedOperationError, match="MaxPool2d"):
+    with torch.no_grad():
+        pooled = model[:2](x)
+        agree = (model(x).argmax(1) == model[3:](F.avg_pool2d(pooled, 2)).argmax(1)).float().mean().item()
+    assert any(f"{100 * agree:.2f}%" in note and "polyact train" in note for note in report.notes)
+    with pytest.raises(UnsupportedOperationError, match="MaxPool2d.*maxpool='poly'"):
         convert(model, x, degree=15, maxpool="error")
 
 
@@ -282,3 +286,236 @@ def test_untraceable_models_fall_back_to_module_swapping():
 def test_precision_is_required():
     with pytest.raises(ValueError, match="degree=, tolerance=, bits= or alpha="):
         convert(Functional(), X)
+
+
+# ---- every call site is its own activation ---------------------------------------------------
+class SharedGELU(nn.Module):
+    """One nn.GELU module called twice, a functional relu in a loop, an inplace ReLU reused."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.loop = nn.ModuleList(nn.Linear(6, 6) for _ in range(2))
+        self.act, self.relu = nn.GELU(), nn.ReLU(inplace=True)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.act(self.b(self.act(self.a(x))))
+        for layer in self.loop:
+            h = F.relu(layer(h))
+        h = self.relu(self.a(h)) + h
+        return self.out(self.relu(h * 3.0))
+
+
+def _site_inputs(model, x):
+    """Each call's input, computed by hand (independent of the rewrite)."""
+    with torch.no_grad():
+        first = model.a(x)
+        second = model.b(F.gelu(first))
+        h, loops = F.gelu(second), []
+        for layer in model.loop:
+            loops.append(layer(h))
+            h = F.relu(loops[-1])
+        third = model.a(h)
+        h = F.relu(third) + h
+        return {"act.0": first, "act.1": second, "relu.0": third, "relu.1": 3.0 * h}, loops
+
+
+@pytest.mark.parametrize("use_fx", [True, False])
+def test_each_call_of_a_shared_module_gets_its_own_interval(use_fx):
+    model = SharedGELU().eval()
+    x = torch.randn(300, 6)
+    if not use_fx:  # module swapping cannot see functional calls: drop the loop
+        model.loop = nn.ModuleList()
+    pann, report = convert(model, x, degree=15, use_fx=use_fx)
+    inputs, loops = _site_inputs(model, x)
+    by_name = {layer.name: layer for layer in report.layers}
+    for name, value in inputs.items():
+        assert by_name[name].observed == pytest.approx((value.min().item(), value.max().item()), rel=1e-5), name
+    if use_fx:
+        loop_sites = [layer for layer in report.layers if layer.op == "F.relu"]
+        assert len(loop_sites) == 2
+        for layer, value in zip(loop_sites, loops):
+            assert layer.observed == pytest.approx((value.min().item(), value.max().item()), rel=1e-5)
+    assert len(report.layers) == 4 + (2 if use_fx else 0)
+    with torch.no_grad():
+        assert (pann(x) - model(x)).abs().max().item() < 0.05
+    assert report.depth is not None  # both paths lower: one slot per call
+
+
+def test_saved_pann_with_split_calls_reloads(tmp_path):
+    model = SharedGELU().eval()
+    model.loop = nn.ModuleList()
+    x = torch.randn(100, 6)
+    for use_fx in (True, False):
+        pann, _ = convert(model, x, degree=7, use_fx=use_fx)
+        save_pann(pann, tmp_path / "p.pann")
+        fresh = SharedGELU()
+        fresh.loop = nn.ModuleList()
+        again = load_pann(tmp_path / "p.pann", model=fresh)
+        with torch.no_grad():
+            assert torch.equal(again(x), pann(x))
+
+
+# ---- elementwise functions keep their arguments ----------------------------------------------
+class Apply(nn.Module):
+    """``f(x)`` for an elementwise ``f`` given as a module or a function."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f = f if isinstance(f, nn.Module) else None
+        self.fn = None if isinstance(f, nn.Module) else f
+
+    def forward(self, x):
+        return self.f(x) if self.f is not None else self.fn(x)
+
+
+def _sig(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# (the model's elementwise op, its exact function with these arguments, the same function with
+# default arguments (or the op without its constant part): what a dropped argument would fit)
+ELEMENTWISE_CASES = {
+    "LeakyReLU(0.2)": (nn.LeakyReLU(0.2), lambda x: np.where(x > 0, x, 0.2 * x), lambda x: np.where(x > 0, x, 0.01 * x)),
+    "F.leaky_relu(x, 0.2)": (lambda x: F.leaky_relu(x, 0.2), lambda x: np.where(x > 0, x, 0.2 * x), lambda x: np.where(x > 0, x, 0.01 * x)),
+    "ELU(alpha=0.5)": (nn.ELU(alpha=0.5), lambda x: np.where(x > 0, x, 0.5 * np.expm1(x)), lambda x: np.where(x > 0, x, np.expm1(x))),
+    "F.elu(x, 2.0)": (lambda x: F.elu(x, 2.0), lambda x: np.where(x > 0, x, 2.0 * np.expm1(x)), lambda x: np.where(x > 0, x, np.expm1(x))),
+    "CELU(alpha=2)": (nn.CELU(2.0), lambda x: np.maximum(x, 0) + np.minimum(0, 2.0 * np.expm1(x / 2.0)), lambda x: np.where(x > 0, x, np.expm1(x))),
+    "Softplus(beta=2, threshold=3)": (nn.Softplus(beta=2.0, threshold=3.0), lambda x: np.where(2 * x > 3, x, np.log1p(np.exp(2 * x)) / 2), lambda x: np.log1p(np.exp(x))),
+    "Hardtanh(-0.5, 2)": (nn.Hardtanh(-0.5, 2.0), lambda x: np.clip(x, -0.5, 2.0), lambda x: np.clip(x, -1.0, 1.0)),
+    "ReLU6": (nn.ReLU6(), lambda x: np.clip(x, 0.0, 6.0), lambda x: np.maximum(x, 0.0)),
+    "F.relu6": (F.relu6, lambda x: np.clip(x, 0.0, 6.0), lambda x: np.maximum(x, 0.0)),
+    "torch.clamp(x, -0.5, 1.5)": (lambda x: torch.clamp(x, -0.5, 1.5), lambda x: np.clip(x, -0.5, 1.5), lambda x: np.clip(x, -0.5, None)),
+    "x.clamp(min=0.3)": (lambda x: x.clamp(min=0.3), lambda x: np.maximum(x, 0.3), lambda x: x),
+    "torch.clip(x, max=1)": (lambda x: torch.clip(x, max=1.0), lambda x: np.minimum(x, 1.0), lambda x: x),
+    "GELU(approximate='tanh')": (nn.GELU(approximate="tanh"), lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))), lambda x: 0.5 * x * (1 + torch.erf(torch.from_numpy(x) / math.sqrt(2)).numpy())),
+    "F.gelu(x, approximate='tanh')": (lambda x: F.gelu(x, approximate="tanh"), lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))), lambda x: 0.5 * x * (1 + torch.erf(torch.from_numpy(x) / math.sqrt(2)).numpy())),
+    "Softsign": (nn.Softsign(), lambda x: x / (1 + np.abs(x)), lambda x: np.tanh(x)),
+    "Tanhshrink": (nn.Tanhshrink(), lambda x: x - np.tanh(x), lambda x: x),
+    "LogSigmoid": (nn.LogSigmoid(), lambda x: -np.log1p(np.exp(-x)), lambda x: np.minimum(x, 0.0)),
+    "Hardswish": (nn.Hardswish(), lambda x: x * np.clip(x + 3, 0, 6) / 6, lambda x: x * _sig(x)),
+    "Mish": (nn.Mish(), lambda x: x * np.tanh(np.log1p(np.exp(x))), lambda x: x * _sig(x)),
+    "x * torch.sigmoid(x)": (lambda x: x * torch.sigmoid(x), lambda x: x * _sig(x), _sig),
+    "x * F.relu6(x + 3) / 6": (lambda x: x * F.relu6(x + 3.0) / 6.0, lambda x: x * np.clip(x + 3, 0, 6) / 6, lambda x: np.clip(x + 3, 0, 6)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ELEMENTWISE_CASES))
+def test_elementwise_functions_are_fitted_with_their_arguments(case):
+    op, exact, default = ELEMENTWISE_CASES[case]
+    torch.manual_seed(5)
+    x = torch.linspace(-8, 8, 600).reshape(200, 3)
+    grid = np.linspace(-8, 8, 4001)
+    gap = np.abs(exact(grid) - default(grid)).max()  # what dropping the argument would cost
+    pann, report = convert(Apply(op).eval(), x, degree=63 if "gelu" in case.lower() else 31, margin=0.0)
+    (layer,) = report.layers
+    assert layer.max_error < gap / 4
+    with torch.no_grad():
+        got = pann.double()(torch.from_numpy(grid[:3999].reshape(-1, 3))).numpy().ravel()
+    assert np.abs(got - exact(grid[:3999])).max() <= layer.max_error * 1.01 + 1e-12
+    assert report.depth is not None
+
+
+def test_prelu_is_fitted_per_channel_with_its_learned_slopes():
+    prelu = nn.PReLU(3)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.tensor([0.1, 0.6, -0.3]))
+    x = torch.linspace(-4, 4, 600).reshape(200, 3)
+    pann, report = convert(Apply(prelu).eval(), x, degree=31, margin=0.0)
+    polys = polyact_layers(pann)["f"].polynomial
+    for slope, poly in zip([0.1, 0.6, -0.3], polys):
+        grid = np.linspace(*poly.interval, 2001)
+        exact = np.where(grid >= 0, grid, slope * grid)
+        assert np.abs(poly(grid) - exact).max() < 0.05  # a shared 0.25 slope would be off by >= 0.6
+    assert report.layers[0].per_channel and report.layers[0].calibration_error < 0.05
+
+
+# ---- max pooling by polynomials ------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=3, stride=2, ceil_mode=True), dict(kernel_size=(2, 3), dilation=2, stride=1)])
+def test_max_pool_tree_with_exact_abs_is_max_pooling(kwargs):
+    from polyact.maxpool import PolyMaxPool
+
+    x = torch.randn(2, 3, 9, 7)
+    pool = nn.MaxPool2d(**kwargs)
+    torch.testing.assert_close(PolyMaxPool.like(pool)(x), pool(x))
+    pool1 = nn.MaxPool1d(3, 2, 1)
+    torch.testing.assert_close(PolyMaxPool.like(pool1)(x[:, :, 0]), pool1(x[:, :, 0]))
+
+
+def test_poly_maxpool_is_default_stays_within_its_bound_and_lowers():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 3)).eval()
+    x = torch.randn(64, 1, 8, 8)
+    pann, report = convert(model, x, degree=15, maxpool_alpha=6)
+    pools = [layer for layer in report.layers if layer.name.startswith("2.abs")]
+    assert len(pools) == 2 and all(layer.max_error <= 2**-6 * layer.interval[1] * 1.001 for layer in pools)
+    (note,) = [n for n in report.notes if "polynomial max pooling" in n]
+    bound = float(note.rsplit("<= ", 1)[1])
+    assert bound == pytest.approx(sum(layer.max_error for layer in pools) / 2, rel=1e-3)
+    with torch.no_grad():  # the exact max of the PANN's own (polynomial) activations
+        pre = polyact_layers(pann)["1"](model[0](x))
+        expected = model[4](F.max_pool2d(pre, 2).flatten(1))
+        got = pann(x)
+    assert (got - expected).abs().max().item() <= bound * model[4].weight.abs().sum(1).max().item() + 1e-5
+    assert (got - model(x)).abs().max().item() > 0  # polynomials, not torch's max
+    graph = lower(pann, (1, 8, 8))
+    np.testing.assert_allclose(graph.forward(x[:8].double().numpy()), pann.double()(x[:8].double()).detach().numpy(), atol=1e-8)
+    assert report.depth == graph.depth == 1 + 4 + 2 * (1 + pools[0].depth) + 1
+
+
+class VisionLayers(nn.Module):
+    """Affine layers of common vision models around one activation: grouped and depthwise,
+    strided, dilated convs, AvgPool with padding and ceil_mode, Conv1d, BatchNorm1d/2d,
+    Dropout, Identity, nearest and bilinear upsampling, permute/reshape, cat, inplace +=."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2)
+        self.group, self.depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.bn, self.drop, self.skip = nn.BatchNorm2d(4), nn.Dropout(0.3), nn.Identity()
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.up, self.smooth = nn.Upsample(scale_factor=2, mode="nearest"), nn.Upsample(scale_factor=2, mode="bilinear")
+        self.act = nn.SiLU()
+        self.seq, self.bn1 = nn.Conv1d(8, 4, 3, padding=1), nn.BatchNorm1d(4)
+        self.head = nn.Linear(4 * 18, 3)
+
+    def forward(self, x):
+        h = self.bn(self.depthwise(self.group(self.conv(x))))
+        h += self.skip(self.drop(h))
+        h = self.act(torch.cat([self.pool(h), self.pool(-h)], 1))        # (N, 8, 3, 3): ceil_mode
+        h = self.up(h) + self.smooth(h)                                 # (N, 8, 6, 6)
+        h = self.bn1(self.seq(h.permute(0, 1, 3, 2).reshape(h.shape[0], 8, 36)))
+        return self.head(torch.flatten(h[:, :, ::2], 1))
+
+
+def test_vision_layers_lower_exactly():
+    torch.manual_seed(6)
+    model = VisionLayers().eval()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    model.bn1.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(64, 2, 8, 8)
+    pann, report = convert(model, x, degree=7)
+    graph = lower(pann, (2, 8, 8))
+    with torch.no_grad():
+        expected = pann.double()(x[:8].double()).numpy()
+    np.testing.assert_allclose(graph.forward(x[:8].double().numpy()), expected, rtol=1e-9, atol=1e-9)
+    assert report.depth == graph.depth == 1 + 3 + 1
+
+
+def test_non_polynomial_layers_are_refused_by_name():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.norm = nn.MultiheadAttention(6, 2, batch_first=True), nn.LayerNorm(6)
+
+        def forward(self, x):
+            h = self.norm(x.unsqueeze(1))
+            return self.attn(h, h, h)[0].squeeze(1)
+
+    with pytest.raises(UnsupportedOperationError) as info:
+        convert(Attention().eval(), X, degree=5)
+    text = str(info.value)
+    assert "nn.MultiheadAttention" in text and "polynomial mixing layer" in text
+    assert "nn.LayerNorm" in text and "BatchNorm" in text
