@@ -96,7 +96,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 def _add_data_and_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
-                   help="digits | breast_cancer | FILE.npz | mnist:DIR | fashion_mnist:DIR | cifar10:DIR | images:DIR "
+                   help="digits | digits32 (3x32x32, harder) | breast_cancer | FILE.npz | mnist:DIR | fashion_mnist:DIR | cifar10:DIR | images:DIR "
                         "(one subfolder per class) (default: digits)")
     p.add_argument("--model", default="cnn",
                    help="zoo architecture to train (mlp, cnn, resnet) or a model / PANN file saved by polyact (default: cnn)")
@@ -180,7 +180,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, help="composite sign precision in bits (relu/abs)")
     p.add_argument("--margin", type=float, default=0.1, help="interval margin beyond the observed range (default 0.1)")
     p.add_argument("--per-channel", action="store_true", help="one polynomial per channel")
-    p.add_argument("--maxpool", choices=("avg", "error"), default="avg", help="replace max pooling by average pooling (default) or fail")
+    p.add_argument("--maxpool", choices=("poly", "avg", "error"), default="poly",
+                   help="max pooling as a tree of polynomial max(a, b) (default, faithful), replaced by average "
+                        "pooling (opt-in; the accuracy change is measured and printed), or refused")
     p.add_argument("--out", help="write the PANN to this file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=_run_convert)
