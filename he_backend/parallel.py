@@ -7,6 +7,7 @@ process) and evaluates its chunk.
 """
 from __future__ import annotations
 
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,11 +30,16 @@ def _ray_map(plan_bytes: bytes, public_context: bytes, payloads: list[bytes], ad
         import ray
     except ImportError as exc:
         raise ImportError("Ray is not installed: pip install 'polyact[ray]'") from exc
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    task = ray.remote(_evaluate)
-    plan_ref, context_ref = ray.put(plan_bytes), ray.put(public_context)
-    return ray.get([task.remote(plan_ref, context_ref, p) for p in payloads])
+    try:
+        task = ray.remote(_evaluate)
+        plan_ref, context_ref = ray.put(plan_bytes), ray.put(public_context)
+        return ray.get([task.remote(plan_ref, context_ref, p) for p in payloads])
+    finally:
+        if started:  # a connection (or local instance) made here is not left running
+            ray.shutdown()
 
 
 @dataclass
@@ -74,7 +80,9 @@ def run_encrypted(plan: Plan, x: np.ndarray, *, workers: int = 1, client: Client
         results = [run_interactive(client, server, p, rounds) for p in payloads]
     else:
         count = len(payloads)  # one chunk per worker: each builds its server once
-        with ProcessPoolExecutor(min(workers, count)) as pool:
+        # forkserver: workers start from a small fresh process, not a fork of this one (which may
+        # hold a model, keys and SEAL's memory pool, and threads that a fork would copy mid-lock)
+        with ProcessPoolExecutor(min(workers, count), mp_context=multiprocessing.get_context("forkserver")) as pool:
             results = list(pool.map(_evaluate, [plan.to_bytes()] * count, [client.public_context()] * count, payloads))
     seconds["server_seconds"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -19,7 +19,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from polyact import data, models, trainer
 
-pytest_plugins = ["rss_monitor"]
+pytest_plugins = ["rss_monitor", "isolation"]
 
 
 @pytest.fixture(scope="session")

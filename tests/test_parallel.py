@@ -20,6 +20,7 @@ def tiny_plan():
 
 
 @pytest.mark.slow
+@pytest.mark.isolated
 def test_ray_tasks_return_the_chunks_in_order(tiny_plan):
     ray = pytest.importorskip("ray")
     pann, plan = tiny_plan
