@@ -12,6 +12,8 @@ from polyact.convert import convert
 from polyact.demo import DemoConfig, run_demo
 from polyact.storage import save_pann
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 
 @pytest.fixture(scope="module")
 def pann_file(digits, digits_mlp, tmp_path_factory):
@@ -148,7 +150,7 @@ def test_process_pool_outputs_equal_plaintext_order(pann_file, digits):
 
 
 @pytest.mark.slow
-@pytest.mark.isolated
+@pytest.mark.isolated(alone=True)
 def test_ray_tasks_on_a_local_instance(pann_file, digits, capsys):
     ray = pytest.importorskip("ray")
     path, _ = pann_file
@@ -177,7 +179,7 @@ def test_errors_exit_2_with_a_message(argv, message, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.isolated
+@pytest.mark.isolated(alone=True)
 def test_demo_writes_a_consistent_report(tmp_path):
     config = DemoConfig(epochs=8, degrees=(3, 7), robust_epochs=4, samples=16, latency_degrees=(3, 7), progress=False)
     result = run_demo(tmp_path, config)

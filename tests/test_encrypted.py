@@ -12,6 +12,8 @@ import he_backend
 from he_backend.params import MAX_LOG_Q, CkksParams
 from polyact.convert import convert
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 
 def _pann(model, digits, **options):
     pann, report = convert(model, digits, **options)
@@ -195,7 +197,7 @@ def test_ciphertexts_for_another_plan_are_refused(mlp_pair, digits, digits_cnn):
     ("digits_cnn", {"degree": 7}, "batch", 64),
     ("digits_cnn", {"degree": 2}, "sample", 2),
     ("digits_mlp", {"alpha": 4}, "batch", 64),
-    pytest.param("digits_resnet", {"degree": 3}, "batch", 16, marks=pytest.mark.isolated),
+    pytest.param("digits_resnet", {"degree": 3}, "batch", 16, marks=pytest.mark.isolated(alone=True)),
 ])
 def test_encrypted_networks_agree_with_the_pann(request, digits, fixture, options, packing, count):
     pann, _ = _pann(request.getfixturevalue(fixture), digits, **options)

@@ -1,6 +1,6 @@
-"""The isolation plugin (tests/isolation.py), on a tiny suite in a subprocess: a test marked
-``isolated`` runs in another interpreter, its failures and skips are reported as such, and
-unmarked tests run in the pytest process itself."""
+"""The isolation plugin (tests/isolation.py), on a tiny suite in a subprocess: tests marked
+``isolated`` run in another interpreter (one per module, or their own with ``alone=True``), their
+failures and skips come back as such, and unmarked tests run in the pytest process itself."""
 import os
 import re
 import subprocess
@@ -15,15 +15,28 @@ import os
 import pytest
 
 
-@pytest.mark.isolated
-def test_marked_runs_elsewhere(tmp_path_factory):
+def _record(tag):
     with open(os.environ["PID_FILE"], "a") as f:
-        f.write(f"marked {os.getpid()}\\n")
+        f.write(f"{tag} {os.getpid()}\\n")
+
+
+@pytest.mark.isolated
+def test_marked_one():
+    _record("one")
+
+
+@pytest.mark.isolated
+def test_marked_two():
+    _record("two")
+
+
+@pytest.mark.isolated(alone=True)
+def test_marked_alone():
+    _record("alone")
 
 
 def test_unmarked_runs_here():
-    with open(os.environ["PID_FILE"], "a") as f:
-        f.write(f"unmarked {os.getpid()}\\n")
+    _record("here")
 
 
 @pytest.mark.isolated
@@ -37,24 +50,23 @@ def test_marked_skip():
 '''
 
 
-def test_marked_tests_run_in_a_fresh_interpreter_and_keep_their_outcome(tmp_path):
+def test_marked_tests_run_in_fresh_interpreters_and_keep_their_outcome(tmp_path):
     (tmp_path / "test_suite.py").write_text(SUITE)
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["isolation"]\n')
     pids = tmp_path / "pids.txt"
     env = {**os.environ, "PYTHONPATH": str(TESTS), "PID_FILE": str(pids)}
-    env.pop("POLYACT_IN_ISOLATION", None)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_suite.py",
-                           "--basetemp", str(tmp_path / "base")],
+    env.pop("POLYACT_ISOLATION_REPORT", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_suite.py"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     output = done.stdout + done.stderr
     outcomes = {name: outcome for outcome, name in
                 re.findall(r"^(PASSED|FAILED|SKIPPED)(?: \[\d+\])? test_suite\.py:{1,2}(?:\d+: )?(\w+)", output,
                            re.MULTILINE)}
-    assert outcomes.get("test_marked_runs_elsewhere") == "PASSED", output
-    assert outcomes.get("test_unmarked_runs_here") == "PASSED", output
+    for name in ("test_marked_one", "test_marked_two", "test_marked_alone", "test_unmarked_runs_here"):
+        assert outcomes.get(name) == "PASSED", output
     assert outcomes.get("test_marked_failure") == "FAILED" and "planted failure" in output, output
-    assert "1 failed, 2 passed, 1 skipped" in output, output
+    assert "1 failed, 4 passed, 1 skipped" in output, output
     runs = dict(line.split() for line in pids.read_text().splitlines())
-    parent = runs["unmarked"]
-    assert runs["marked"] != parent  # another process
+    assert runs["one"] == runs["two"]  # one child for the module's isolated tests
+    assert len({runs["one"], runs["alone"], runs["here"]}) == 3  # alone: its own child; unmarked: here
     assert done.returncode == 1

@@ -10,6 +10,8 @@ import he_backend
 from he_backend.parallel import run_encrypted
 from polyact.convert import convert
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 
 @pytest.fixture(scope="module")
 def tiny_plan():
@@ -20,7 +22,6 @@ def tiny_plan():
 
 
 @pytest.mark.slow
-@pytest.mark.isolated
 def test_ray_tasks_return_the_chunks_in_order(tiny_plan):
     ray = pytest.importorskip("ray")
     pann, plan = tiny_plan

@@ -11,6 +11,8 @@ from he_backend.keys import KeyHolder
 from he_backend.params import CkksParams, choose_params
 from he_backend.polyeval import PolyEvaluator, chebyshev_divide, evaluate_twin, plan_polynomial
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 RNG = np.random.default_rng(0)
 
 

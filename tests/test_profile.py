@@ -8,6 +8,8 @@ import he_backend
 from he_backend.profile import instrumented, profile
 from polyact.convert import convert
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 
 @pytest.fixture(scope="module")
 def small_plan(digits, digits_mlp):

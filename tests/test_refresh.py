@@ -23,6 +23,8 @@ from he_backend.segments import candidate_cut, live_sets, roots, step_levels, va
 from polyact.convert import convert
 from polyact.graph import INPUT, lower
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 SIGMA = 30
 
 

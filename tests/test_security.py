@@ -11,6 +11,8 @@ import he_backend
 from he_backend.serialization import MAGIC, PayloadError, pack, unpack
 from polyact.convert import convert
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 
 @pytest.fixture(scope="module")
 def plan(digits, digits_mlp):

@@ -29,6 +29,8 @@ from polyact.cli import main
 from polyact.convert import convert
 from polyact.storage import save_pann
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 LIMITS = ServiceLimits(session_ttl=600, max_sessions=12, max_body_bytes=20_000_000)
 TIMEOUT = 60  # seconds, for every HTTP call: a misbehaving server fails the test instead of hanging it
 OCTETS = {"Content-Type": "application/octet-stream"}

@@ -19,6 +19,8 @@ from polyact.literature import LITERATURE, LSLU, RAF
 from polyact.modules import PolyAct
 from test_fit import lp_minimax_error
 
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
 
 # ---- numpy references, written from the formulas in the papers ------------------------------
 def np_lslu(x, theta, omega):
