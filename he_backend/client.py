@@ -61,13 +61,14 @@ class Client:
         flat = self._as_batch(x)
         per = self.plan.samples_per_ciphertext
         block = self.plan.block
+        count = self.plan.input_ciphertexts  # more than one: each sample spans several ciphertexts
         blobs = []
         for start in range(0, len(flat), per):
             group = flat[start : start + per]
-            slots = np.zeros(len(group) * block)
+            slots = np.zeros(max(len(group), count) * block)
             for b, sample in enumerate(group):
                 slots[b * block : b * block + sample.size] = sample
-            blobs.append(self.keys.encrypt_bytes(slots))
+            blobs.extend(self.keys.encrypt_bytes(slots[i * block : (i + 1) * block]) for i in range(count))
         return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per}, blobs)
 
     def decrypt(self, data: bytes) -> np.ndarray:
@@ -77,11 +78,12 @@ class Client:
             raise PayloadError("these results were computed for another plan than this client's")
         context = self.keys.engine.context
         rows = []
-        per, total = header["per_ciphertext"], header["samples"]
-        for i, blob in enumerate(blobs):
-            slots = self.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, context, "result ciphertext"))
-            count = min(per, total - i * per)
-            for b in range(count):
+        per, total, group = header["per_ciphertext"], header["samples"], self.plan.output_ciphertexts
+        for i in range(0, len(blobs), group):
+            parts = [self.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, context, "result ciphertext"))
+                     for blob in blobs[i : i + group]]
+            slots = parts[0] if group == 1 else np.concatenate([p[: self.plan.block] for p in parts])
+            for b in range(min(per, total - (i // group) * per)):
                 rows.append(slots[b * self.plan.block : b * self.plan.block + self.plan.output_length])
         return np.array(rows)
 

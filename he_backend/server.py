@@ -36,20 +36,25 @@ class Server:
     def from_bytes(cls, plan_bytes: bytes, public_context: bytes, **kwargs) -> "Server":
         return cls(Plan.from_bytes(plan_bytes), public_context, **kwargs)
 
-    def evaluate(self, ct: sa.Ciphertext) -> sa.Ciphertext:
-        """The plan applied to one ciphertext."""
+    def evaluate(self, ct: sa.Ciphertext | list[sa.Ciphertext]) -> sa.Ciphertext | list[sa.Ciphertext]:
+        """The plan applied to one input: a ciphertext, or the list of ciphertexts of a sample
+        that spans several (then a list comes back)."""
         e = self.engine
         top = self.plan.params.depth + 1
-        if e.level(ct) != top or not np.isclose(ct.scale, self.plan.params.scale, rtol=1e-9):
-            raise PayloadError(
-                f"ciphertext at level {e.level(ct)} with scale 2^{np.log2(ct.scale):.1f}; this plan "
-                f"expects fresh ciphertexts at level {top} and scale 2^{self.plan.params.scale_bits}"
-            )
-        values = {"input": ct}
+        cts = ct if isinstance(ct, list) else [ct]
+        if len(cts) != self.plan.ciphertexts("input"):
+            raise PayloadError(f"this plan takes {self.plan.ciphertexts('input')} ciphertext(s) per input, got {len(cts)}")
+        for c in cts:
+            if e.level(c) != top or not np.isclose(c.scale, self.plan.params.scale, rtol=1e-9):
+                raise PayloadError(
+                    f"ciphertext at level {e.level(c)} with scale 2^{np.log2(c.scale):.1f}; this plan "
+                    f"expects fresh ciphertexts at level {top} and scale 2^{self.plan.params.scale_bits}"
+                )
+        values = {"input": cts}
         for step in self.plan.steps:
             values[step.name] = self.runner.affine(step, values) if isinstance(step, AffineStep) \
                 else self.runner.polynomial(step, values)
-        return values[self.plan.output]
+        return values[self.plan.output] if isinstance(ct, list) else values[self.plan.output][0]
 
     def run(self, data: bytes) -> bytes:
         """Evaluate every ciphertext of a client's batch; malformed input raises
@@ -60,10 +65,12 @@ class Server:
         if wrong:
             raise PayloadError(f"these ciphertexts were packed for another plan ({wrong} differ from {expected})")
         samples, per = header.get("samples"), header.get("per_ciphertext")
-        if not isinstance(samples, int) or not isinstance(per, int) or per < 1 or -(-samples // per) != len(blobs):
-            raise PayloadError(f"the batch header announces {samples} samples at {per} per ciphertext but holds {len(blobs)} ciphertexts")
+        group = self.plan.ciphertexts("input")  # ciphertexts per input
+        if not isinstance(samples, int) or not isinstance(per, int) or per < 1 or -(-samples // per) * group != len(blobs):
+            raise PayloadError(f"the batch header announces {samples} samples at {per} per ciphertext "
+                               f"({group} ciphertext(s) per input) but holds {len(blobs)} ciphertexts")
         outputs = []
-        for blob in blobs:
-            ct = seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "ciphertext")
-            outputs.append(seal_to_bytes(self.evaluate(ct)))
+        for start in range(0, len(blobs), group):
+            cts = [seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "ciphertext") for blob in blobs[start : start + group]]
+            outputs.extend(seal_to_bytes(out) for out in self.evaluate(cts))
         return pack(RESULTS, {**expected, "samples": samples, "per_ciphertext": per}, outputs)
