@@ -374,7 +374,7 @@ def _build_steps(graph: PolyGraph) -> list[AffineStep | PolyStep]:
             weights.append(_scaled(w, alpha, cols))
         bias = alpha * bias + beta
         squared = name in consumer and polys[consumer[name]][0].kind == "square"
-        identity = len(weights) == 1 and not squared and is_identity(weights[0]) and not bias.any()
+        identity = bool(len(weights) == 1 and not squared and is_identity(weights[0]) and not bias.any())
         steps.append(AffineStep(name, list(node.sources), weights, bias, m, np.zeros(0, dtype=np.int64), identity=identity))
     return steps
 

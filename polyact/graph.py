@@ -61,7 +61,7 @@ class AffineNode:
     @property
     def identity(self) -> bool:
         """A single source passed through unchanged (no operation needed)."""
-        return len(self.weights) == 1 and is_identity(self.weights[0]) and not self.bias.any()
+        return bool(len(self.weights) == 1 and is_identity(self.weights[0]) and not self.bias.any())
 
 
 def is_identity(w: sp.spmatrix) -> bool:
