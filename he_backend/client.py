@@ -65,10 +65,11 @@ class Client:
         blobs = []
         for start in range(0, len(flat), per):
             group = flat[start : start + per]
-            slots = np.zeros(max(len(group), count) * block)
+            slots = np.zeros(len(group) * count * block)
             for b, sample in enumerate(group):
                 slots[b * block : b * block + sample.size] = sample
-            blobs.extend(self.keys.encrypt_bytes(slots[i * block : (i + 1) * block]) for i in range(count))
+            width = len(slots) // count  # several samples in one ciphertext, or one sample in several
+            blobs.extend(self.keys.encrypt_bytes(slots[i * width : (i + 1) * width]) for i in range(count))
         return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per}, blobs)
 
     def decrypt(self, data: bytes) -> np.ndarray:

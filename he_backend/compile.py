@@ -337,17 +337,17 @@ class Plan:
         return Client(self, **kwargs)
 
 
-def _scaled(w: sp.csr_matrix, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> sp.csr_matrix:
-    """``diag(rows) w diag(cols)`` without a matrix product."""
-    out = w.tocsr(copy=True)
-    if rows is not None:
-        out.data *= np.repeat(rows, np.diff(out.indptr))
+def _scale_in_place(w: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray | None = None) -> sp.csr_matrix:
+    """``w <- diag(rows) w diag(cols)`` without a matrix product or a copy."""
+    w.data *= np.repeat(rows, np.diff(w.indptr))
     if cols is not None:
-        out.data *= cols[out.indices]
-    return out
+        w.data *= cols[w.indices]
+    return w
 
 
 def _build_steps(graph: PolyGraph) -> list[AffineStep | PolyStep]:
+    """The steps of ``graph`` with every foldable map folded into the affine weights (which
+    are scaled in place: the graph is consumed)."""
     polys: dict[str, tuple[PolyStep, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     consumer: dict[str, str] = {}
     for node in graph.nodes.values():
@@ -355,6 +355,7 @@ def _build_steps(graph: PolyGraph) -> list[AffineStep | PolyStep]:
             polys[node.name] = _poly_step(node)
             consumer[node.source] = node.name
     steps: list[AffineStep | PolyStep] = []
+    scaled: set[int] = set()  # matrices already scaled (nodes may share one)
     for name, node in graph.nodes.items():
         if isinstance(node, PolyNode):
             steps.append(polys[name][0])
@@ -371,7 +372,9 @@ def _build_steps(graph: PolyGraph) -> list[AffineStep | PolyStep]:
                 _, _, _, a_out, c_out = polys[source]
                 bias = bias + w @ _broadcast(c_out, w.shape[1])
                 cols = _broadcast(a_out, w.shape[1])
-            weights.append(_scaled(w, alpha, cols))
+            w = w.tocsr(copy=id(w) in scaled)
+            scaled.add(id(w))
+            weights.append(_scale_in_place(w, alpha, cols))
         bias = alpha * bias + beta
         squared = name in consumer and polys[consumer[name]][0].kind == "square"
         identity = bool(len(weights) == 1 and not squared and is_identity(weights[0]) and not bias.any())
@@ -471,6 +474,9 @@ def compile(
         raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
     input_shape = tuple(int(v) for v in input_shape)
     graph = lower(pann, input_shape)
+    nominal_depth = graph.depth
+    output_length = graph.nodes[graph.output].bias.size if isinstance(graph.nodes[graph.output], AffineNode) \
+        else int(np.prod(graph.nodes[graph.output].shape))
     steps = _build_steps(graph)
     notes = list(graph.notes) + _assign_layouts(steps, graph)
     longest = max([int(np.prod(input_shape))] + [int(s.positions.max()) + 1 for s in steps if s.positions.size])
@@ -480,8 +486,8 @@ def compile(
         if isinstance(s, PolyStep):
             s.prepare(scale_bits)
     depth = _assign_levels(steps, 0)
-    if depth < graph.depth:
-        notes.append(f"depth {depth} < nominal {graph.depth}: negligible leading coefficients were dropped")
+    if depth < nominal_depth:
+        notes.append(f"depth {depth} < nominal {nominal_depth}: negligible leading coefficients were dropped")
     if params is None:
         params = choose_params(depth, min_scale_bits=min_scale_bits, max_scale_bits=max_scale_bits,
                                slots=min(needed, max(MAX_LOG_Q) // 2))
@@ -500,7 +506,5 @@ def compile(
         notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")
     _assign_levels(steps, params.depth + 1)
     _assign_scales(steps, Engine(params))
-    output_length = graph.nodes[graph.output].bias.size if isinstance(graph.nodes[graph.output], AffineNode) \
-        else int(np.prod(graph.nodes[graph.output].shape))
     return Plan(params, input_shape, block, _choose_baby(steps, block), steps, graph.output, output_length,
                 packing, notes)

@@ -163,7 +163,7 @@ class Runner:
             return values[step.sources[0]]
         pre = step.level + 1
         target = step.scale * e.prime(pre)
-        inner: dict[int, dict[int, list[sa.Ciphertext]]] = {}  # output ciphertext -> giant step -> terms
+        inner: dict[int, dict[int, sa.Ciphertext]] = {}  # output ciphertext -> giant step -> sum of terms
         for s, source in enumerate(step.sources):
             tables: dict = {}
 
@@ -171,7 +171,7 @@ class Runner:
                 if not tables:
                     tables.update(step.diagonals(s, self.block))
                 offsets, table = tables[(i, j)]
-                return table[np.searchsorted(offsets, k)]
+                return table[int(np.searchsorted(offsets, k))].toarray().ravel()
 
             for j, ct in enumerate(values[source]):
                 x = e.mod_switch(ct, pre)
@@ -189,16 +189,16 @@ class Runner:
                         pt = self.cache.get((step.name, s, i, j, k, x.scale, pre), lambda: e.encode(
                             np.roll(self._slots(diagonal(i, j, k)), g * self.baby), target / x.scale, pre),
                             size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
-                        inner.setdefault(i, {}).setdefault(g, []).append(e.mul_plaintext(rotated, pt))
+                        term, sums = e.mul_plaintext(rotated, pt), inner.setdefault(i, {})
+                        sums[g] = term if g not in sums else e.add(sums[g], term)  # summed at once: bounded memory
         return [self._finish(step, i, inner.get(i)) for i in range(ciphertext_count(step.positions, self.block))]
 
-    def _finish(self, step: AffineStep, index: int, terms: dict[int, list[sa.Ciphertext]] | None) -> sa.Ciphertext:
+    def _finish(self, step: AffineStep, index: int, sums: dict[int, sa.Ciphertext] | None) -> sa.Ciphertext:
         """Giant steps, bias and the rescale of output ciphertext ``index``."""
         e = self.engine
-        if not terms:
+        if not sums:
             raise ValueError(f"{step.name}: output ciphertext {index} depends on no input (an all-zero weight block); "
                              "the server cannot create a ciphertext without one")
-        sums = {g: e.sum_terms(ts) for g, ts in terms.items()}
         total = sums.get(0)
         for sign in (1, -1):
             giants = sorted((g for g in sums if g * sign > 0), key=abs)

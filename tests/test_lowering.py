@@ -141,7 +141,7 @@ def test_tile_diagonals_reproduce_the_map_across_ciphertexts(block):
     cts_in = slots_in.reshape(-1, block)
     cts_out = np.zeros((-(-(pos_out.max() + 1) // block), block))
     for (i, j), (offsets, table) in tile_diagonals(weight, pos_in, pos_out, block).items():
-        for k, d in zip(offsets, table):
+        for k, d in zip(offsets, table.toarray()):
             cts_out[i] += d * np.roll(cts_in[j], -k)  # rot(x, k)[p] = x[p + k]
     np.testing.assert_allclose(cts_out.reshape(-1)[pos_out], weight @ x, rtol=0, atol=1e-12)
 

@@ -28,8 +28,11 @@ def tile_offsets(weight: sp.spmatrix, pos_in: np.ndarray, pos_out: np.ndarray, b
     tiles: TileOffsets = {}
     if i.size == 0:
         return tiles
-    key = np.unique((i * (int(j.max()) + 1) + j) * (2 * block) + (k + block))
     width = int(j.max()) + 1
+    key = (i * width + j) * (2 * block) + (k + block)
+    seen = np.zeros(int(key.max()) + 1, dtype=bool)  # distinct keys by marking, not sorting: O(nnz)
+    seen[key] = True
+    key = np.flatnonzero(seen)
     ti, rest = np.divmod(key, width * 2 * block)
     tj, tk = np.divmod(rest, 2 * block)
     for a, b in sorted(set(zip(ti.tolist(), tj.tolist()))):
@@ -37,16 +40,16 @@ def tile_offsets(weight: sp.spmatrix, pos_in: np.ndarray, pos_out: np.ndarray, b
     return tiles
 
 
-def tile_diagonals(weight: sp.spmatrix, pos_in: np.ndarray, pos_out: np.ndarray, block: int) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    """Per tile, its offsets and a ``(len(offsets), block)`` table of the diagonals
-    ``d_k[p] = W[r, c]`` with ``pos_out[r] mod P = p``."""
+def tile_diagonals(weight: sp.spmatrix, pos_in: np.ndarray, pos_out: np.ndarray, block: int) -> dict[tuple[int, int], tuple[np.ndarray, sp.csr_matrix]]:
+    """Per tile, its offsets and a sparse ``(len(offsets), block)`` table whose row ``n`` is the
+    diagonal ``d_k`` (``k = offsets[n]``): ``d_k[p] = W[r, c]`` with ``pos_out[r] mod P = p``.
+    Memory is that of the non-zeros (a dense map's diagonals are mostly zero)."""
     i, j, k, row, data = _keys(weight, pos_in, pos_out, block)
     out = {}
     for tile, offsets in tile_offsets(weight, pos_in, pos_out, block).items():
         mask = (i == tile[0]) & (j == tile[1])
-        table = np.zeros((offsets.size, block))
-        table[np.searchsorted(offsets, k[mask]), row[mask]] = data[mask]  # (k, row) is unique per entry
-        out[tile] = (offsets, table)
+        table = sp.csr_matrix((data[mask], (np.searchsorted(offsets, k[mask]), row[mask])), shape=(offsets.size, block))
+        out[tile] = (offsets, table)  # (k, row) is unique per entry: nothing is summed
     return out
 
 
