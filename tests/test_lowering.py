@@ -191,3 +191,22 @@ def test_tensor_spanning_two_ciphertexts_runs_encrypted():
         ref = pann(torch.as_tensor(x)).numpy()
     assert -np.log2(np.abs(out - ref).max() / np.abs(ref).max()) > 8
     np.testing.assert_allclose(plan.simulate(x), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_compiler_places_strided_outputs_in_the_layout_with_fewer_diagonals():
+    import he_backend
+    from polyact.convert import convert
+
+    torch.manual_seed(6)
+    conv = nn.Conv2d(2, 8, 3, stride=2, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 3)).eval()
+    pann, _ = convert(model, torch.randn(16, 2, 16, 16), degree=2)
+    plan = he_backend.compile(pann, (2, 16, 16))
+    first = plan.steps[0]
+    rows, cols = np.nonzero(_torch_matrix(conv.double(), (2, 16, 16)))
+    flat_diagonals = np.unique(cols - rows).size  # diagonals of the same map in the flat layout
+    assert first.diagonal_count < flat_diagonals / 4
+    np.testing.assert_array_equal(first.positions, Layout.gapped((8, 8, 8), 2, (16, 16)).positions)
+    x = np.random.default_rng(0).normal(size=(4, 2, 16, 16))
+    with torch.no_grad():
+        np.testing.assert_allclose(plan.simulate(x), pann.double()(torch.as_tensor(x)).numpy(), rtol=1e-9, atol=1e-9)
