@@ -293,7 +293,7 @@ class _BlockBuilder:
 
     def call(self, n: torch.fx.Node, replace: dict[torch.fx.Node, torch.Tensor]) -> Any:
         """``n`` evaluated with the tensors ``replace`` in place of some inputs."""
-        pick = lambda a: replace[a] if a in replace else self.concrete[a]  # noqa: E731
+        pick = lambda a: replace[a] if a in replace else self.concrete[a]
         args, kwargs = torch.fx.node.map_arg(n.args, pick), torch.fx.node.map_arg(n.kwargs, pick)
         if n.op == "call_module":
             return self.gm.get_submodule(n.target)(*args, **kwargs)
@@ -360,7 +360,7 @@ class _BlockBuilder:
             return self._scalar_arithmetic(n, key, dep, x, out_shape)
         return None
 
-    def _conv(self, x: _Affine, weight, bias, stride, padding, dilation, groups, out_shape) -> _Affine:
+    def _conv(self, x: _Affine, weight, bias, stride, padding, dilation, groups, out_shape) -> _Affine | None:
         w = weight.detach().numpy()
         dims = w.ndim - 2
         dilation = _tuple(dilation, dims)
