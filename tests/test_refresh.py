@@ -376,7 +376,8 @@ def test_service_rounds_per_session(service, mlp_plan, digits):
     assert (out.argmax(1) == mlp_plan.simulate(x).argmax(1)).all()
     assert remote.rounds.count == len(mlp_plan.cuts) and remote.rounds.totals()["bytes_up"] > 0
     first = urllib.request.urlopen(urllib.request.Request(f"{service}/sessions/{remote.session}/infer",
-                                                          data=remote.client.encrypt(x), method="POST"))
+                                                          data=remote.client.encrypt(x), method="POST",
+                                                          headers={"Content-Type": "application/octet-stream"}))
     assert first.headers["X-Polyact-Kind"] == REQUEST_KIND and int(first.headers["X-Polyact-Bytes-Out"]) > 0
     request = first.read()
     other = RemoteClient(service)  # another session cannot answer this session's round
