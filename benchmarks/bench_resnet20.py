@@ -102,43 +102,93 @@ def stage_compile(args) -> dict:
     return row
 
 
+def _write_frame(stream, data: bytes) -> None:
+    stream.write(len(data).to_bytes(8, "little") + data)
+    stream.flush()
+
+
+def _read_frame(stream) -> bytes:
+    size = int.from_bytes(stream.read(8), "little")
+    data = stream.read(size)
+    if len(data) != size:
+        raise RuntimeError("the other process closed the pipe mid-message")
+    return data
+
+
 def stage_serve(args) -> dict:
-    """Server side of :func:`run_encrypted`: plan and public context in, results out."""
+    """Server side of :func:`run_encrypted`: loads the plan and public context from
+    ``--folder``, then answers length-prefixed messages on stdin/stdout: the batch
+    (``server.start``), then each refresh reply (``server.resume``), until it sends results."""
     import he_backend
+    from he_backend.refresh import REQUEST_KIND, message_kind
 
     folder = Path(args.folder)
     start = time.perf_counter()
     server = he_backend.Server.from_bytes((folder / "plan").read_bytes(), (folder / "context").read_bytes())
-    results = server.run((folder / "request").read_bytes())
-    (folder / "response").write_bytes(results)
-    return {"server_seconds": time.perf_counter() - start, "server_peak_rss_mib": round(peak_mib())}
+    load = time.perf_counter() - start
+    _write_frame(sys.stdout.buffer, b"ready")
+    compute, step = 0.0, server.start
+    while True:
+        message = _read_frame(sys.stdin.buffer)
+        began = time.perf_counter()
+        reply = step(message)
+        compute += time.perf_counter() - began
+        _write_frame(sys.stdout.buffer, reply)
+        if message_kind(reply) != REQUEST_KIND:
+            break
+        step = server.resume
+    return {"server_load_seconds": load, "server_compute_seconds": compute, "server_peak_rss_mib": round(peak_mib())}
 
 
-def run_encrypted(plan, pann: nn.Module, x: np.ndarray) -> dict:
-    """Encrypt ``x``, run the plan in a separate server process, decrypt, compare with the PANN.
-    Plans that need refresh rounds are run by the protocol that provides them."""
+def run_encrypted(plan_bytes: bytes, layout, x: np.ndarray, ref: np.ndarray) -> dict:
+    """Encrypt ``x`` for the plan's ``layout`` (the client never loads the weights), run the plan
+    in a separate server process, driving its refresh rounds over a pipe, decrypt, and compare
+    with the PANN's outputs ``ref``. Latency: encryption to decryption (rounds included), after
+    the server has loaded the plan."""
+    import he_backend
     from he_backend.metrics import compare
+    from he_backend.refresh import drive
 
-    if getattr(plan, "segments", None) and len(plan.segments) > 1:
-        raise NotImplementedError("this plan needs refresh rounds: run it through the client/server refresh protocol")
-    client = plan.client()
+    client = he_backend.Client(layout)
+    rounds = he_backend.Rounds()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "plan").write_bytes(plan.to_bytes())
+        (folder / "plan").write_bytes(plan_bytes)
+        del plan_bytes
         (folder / "context").write_bytes(client.public_context())
+        server = subprocess.Popen([sys.executable, __file__, "--stage", "serve", "--folder", tmp],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+        def send(data: bytes) -> bytes:
+            _write_frame(server.stdin, data)
+            return _read_frame(server.stdout)
+
+        _read_frame(server.stdout)  # the server has loaded the plan
         start = time.perf_counter()
         request = client.encrypt(x)
-        (folder / "request").write_bytes(request)
-        server = _subprocess(["--stage", "serve", "--folder", tmp])
-        response = (folder / "response").read_bytes()
+        response = drive(send, send, client.refresh, request, rounds)
         out = client.decrypt(response)
         seconds = time.perf_counter() - start
-    with torch.no_grad():
-        ref = pann(torch.as_tensor(x)).numpy()
+        stats = json.loads(server.stdout.read().decode().strip().splitlines()[-1])
+        if server.wait():
+            raise RuntimeError("the server process failed")
     figures = compare(out, ref, ref.argmax(1))
+    totals = rounds.totals()
     return {"images": len(x), "agreement": figures["agreement"], "precision_bits": round(figures["precision_bits"], 2),
-            "latency_per_image_s": round(seconds / len(x), 2), "bytes_up": len(request), "bytes_down": len(response),
-            "ciphertexts_per_input": plan.ciphertexts("input"), **{k: round(v, 2) if isinstance(v, float) else v for k, v in server.items()}}
+            "latency_per_image_s": round(seconds / len(x), 2),
+            "rounds": totals["rounds"], "bytes_up": len(request) + totals["bytes_up"],
+            "bytes_down": len(response) + totals["bytes_down"], "ciphertexts_per_input": layout.input_ciphertexts,
+            **{k: round(v, 2) if isinstance(v, float) else v for k, v in stats.items()},
+            "client_peak_rss_mib": round(peak_mib())}
+
+
+def _reference(pann: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return pann(torch.as_tensor(x)).numpy()
+
+
+def _images(count: int) -> np.ndarray:
+    return torch.randn(count, *SHAPE, generator=torch.Generator().manual_seed(3)).double().numpy()
 
 
 def stage_encrypted(args) -> dict:
@@ -150,29 +200,55 @@ def stage_encrypted(args) -> dict:
     pann = pann.double().eval()
     plan = he_backend.compile(pann, SHAPE, params=params_for(args.ring, report.depth, 40) if args.ring else None)
     rep = plan.report()
+    plan_bytes = plan.to_bytes()
     row = {"stage": "encrypted", "blocks": args.blocks, "depth": plan.depth, "N": plan.params.poly_modulus_degree,
-           "block": plan.block, "compile_seconds": round(time.perf_counter() - start, 2), "plan_bytes": len(plan.to_bytes()),
-           "pt_mults": rep["totals"]["pt_mults"], "rotations": rep["totals"]["rotations"], "rounds": 1}
-    x = torch.randn(args.images, *SHAPE, generator=torch.Generator().manual_seed(3)).double().numpy()
-    row.update(run_encrypted(plan, pann, x))
-    row["compiler_client_peak_rss_mib"] = round(peak_mib())
+           "block": plan.block, "compile_seconds": round(time.perf_counter() - start, 2), "plan_bytes": len(plan_bytes),
+           "pt_mults": rep["totals"]["pt_mults"], "rotations": rep["totals"]["rotations"]}
+    x = _images(args.images)
+    row.update(run_encrypted(plan_bytes, plan.layout(), x, _reference(pann, x)))
+    row["compiler_client_peak_rss_mib"] = row.pop("client_peak_rss_mib")  # one process: compiler and client
     return row
 
 
-def stage_full_encrypted(args) -> dict:
+def stage_compile_full(args) -> dict:
+    """Compile the full ResNet-20 (degree 2; refresh segments) into ``--folder``: the plan, its
+    layout, ``--full-images`` images and the PANN's outputs on them."""
     import he_backend
 
+    start = time.perf_counter()
     pann, _ = convert_arm(resnet20(), "degree2", args.calib, args.alpha)
     pann = pann.double().eval()
-    try:
-        plan = he_backend.compile(pann, SHAPE)
-    except he_backend.ParameterError as exc:
-        return {"stage": "full_encrypted", "skipped": f"the plan does not fit one segment yet: {exc}"}
-    x = torch.randn(args.full_images, *SHAPE, generator=torch.Generator().manual_seed(3)).double().numpy()
-    return {"stage": "full_encrypted", **run_encrypted(plan, pann, x), "compiler_client_peak_rss_mib": round(peak_mib())}
+    plan = he_backend.compile(pann, SHAPE)
+    folder = Path(args.folder)
+    (folder / "plan").write_bytes(plan.to_bytes())
+    (folder / "layout").write_bytes(plan.layout().to_bytes())
+    x = _images(args.full_images)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "ref.npy", _reference(pann, x))
+    rep = plan.report()
+    return {"depth": plan.depth, "segments": len(plan.segments), "N": plan.params.poly_modulus_degree,
+            "pt_mults": rep["totals"]["pt_mults"], "rotations": rep["totals"]["rotations"],
+            "refresh_bytes_per_input": rep["refresh"]["bytes_down"] + rep["refresh"]["bytes_up"],
+            "convert_compile_seconds": round(time.perf_counter() - start, 2), "compiler_peak_rss_mib": round(peak_mib())}
 
 
-STAGES = {"compile": stage_compile, "encrypted": stage_encrypted, "serve": stage_serve, "full_encrypted": stage_full_encrypted}
+def stage_full_encrypted(args) -> dict:
+    """Full ResNet-20 in three processes: compiler, client (this one), server."""
+    import he_backend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        row = {"stage": "full_encrypted", **_subprocess(["--stage", "compile_full", "--folder", tmp,
+                                                         "--full-images", str(args.full_images),
+                                                         "--calib", str(args.calib), "--alpha", str(args.alpha)])}
+        layout = he_backend.PlanLayout.from_bytes((folder / "layout").read_bytes())
+        row.update(run_encrypted((folder / "plan").read_bytes(), layout, np.load(folder / "x.npy"),
+                                 np.load(folder / "ref.npy")))
+    return row
+
+
+STAGES = {"compile": stage_compile, "encrypted": stage_encrypted, "serve": stage_serve,
+          "compile_full": stage_compile_full, "full_encrypted": stage_full_encrypted}
 
 
 def _subprocess(argv: list[str]) -> dict:
