@@ -140,9 +140,9 @@ def stage_serve(args) -> dict:
     return {"server_load_seconds": load, "server_compute_seconds": compute, "server_peak_rss_mib": round(peak_mib())}
 
 
-def run_encrypted(plan_bytes: bytes, layout, x: np.ndarray, ref: np.ndarray) -> dict:
+def run_encrypted(folder: Path, layout, x: np.ndarray, ref: np.ndarray) -> dict:
     """Encrypt ``x`` for the plan's ``layout`` (the client never loads the weights), run the plan
-    in a separate server process, driving its refresh rounds over a pipe, decrypt, and compare
+    (``folder / "plan"``) in a separate server process, driving its refresh rounds over a pipe, decrypt, and compare
     with the PANN's outputs ``ref``. Latency: encryption to decryption (rounds included), after
     the server has loaded the plan."""
     import he_backend
@@ -151,27 +151,23 @@ def run_encrypted(plan_bytes: bytes, layout, x: np.ndarray, ref: np.ndarray) -> 
 
     client = he_backend.Client(layout)
     rounds = he_backend.Rounds()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "plan").write_bytes(plan_bytes)
-        del plan_bytes
-        (folder / "context").write_bytes(client.public_context())
-        server = subprocess.Popen([sys.executable, __file__, "--stage", "serve", "--folder", tmp],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    (folder / "context").write_bytes(client.public_context())
+    server = subprocess.Popen([sys.executable, __file__, "--stage", "serve", "--folder", str(folder)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-        def send(data: bytes) -> bytes:
-            _write_frame(server.stdin, data)
-            return _read_frame(server.stdout)
+    def send(data: bytes) -> bytes:
+        _write_frame(server.stdin, data)
+        return _read_frame(server.stdout)
 
-        _read_frame(server.stdout)  # the server has loaded the plan
-        start = time.perf_counter()
-        request = client.encrypt(x)
-        response = drive(send, send, client.refresh, request, rounds)
-        out = client.decrypt(response)
-        seconds = time.perf_counter() - start
-        stats = json.loads(server.stdout.read().decode().strip().splitlines()[-1])
-        if server.wait():
-            raise RuntimeError("the server process failed")
+    _read_frame(server.stdout)  # the server has loaded the plan
+    start = time.perf_counter()
+    request = client.encrypt(x)
+    response = drive(send, send, client.refresh, request, rounds)
+    out = client.decrypt(response)
+    seconds = time.perf_counter() - start
+    stats = json.loads(server.stdout.read().decode().strip().splitlines()[-1])
+    if server.wait():
+        raise RuntimeError("the server process failed")
     figures = compare(out, ref, ref.argmax(1))
     totals = rounds.totals()
     return {"images": len(x), "agreement": figures["agreement"], "precision_bits": round(figures["precision_bits"], 2),
@@ -205,7 +201,9 @@ def stage_encrypted(args) -> dict:
            "block": plan.block, "compile_seconds": round(time.perf_counter() - start, 2), "plan_bytes": len(plan_bytes),
            "pt_mults": rep["totals"]["pt_mults"], "rotations": rep["totals"]["rotations"]}
     x = _images(args.images)
-    row.update(run_encrypted(plan_bytes, plan.layout(), x, _reference(pann, x)))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "plan").write_bytes(plan_bytes)
+        row.update(run_encrypted(Path(tmp), plan.layout(), x, _reference(pann, x)))
     row["compiler_client_peak_rss_mib"] = row.pop("client_peak_rss_mib")  # one process: compiler and client
     return row
 
@@ -242,8 +240,7 @@ def stage_full_encrypted(args) -> dict:
                                                          "--full-images", str(args.full_images),
                                                          "--calib", str(args.calib), "--alpha", str(args.alpha)])}
         layout = he_backend.PlanLayout.from_bytes((folder / "layout").read_bytes())
-        row.update(run_encrypted((folder / "plan").read_bytes(), layout, np.load(folder / "x.npy"),
-                                 np.load(folder / "ref.npy")))
+        row.update(run_encrypted(folder, layout, np.load(folder / "x.npy"), np.load(folder / "ref.npy")))
     return row
 
 

@@ -8,8 +8,8 @@ Between rounds the server keeps only ciphertexts and its own random masks.
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -19,7 +19,15 @@ from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
 from .compile import Plan
 from .keys import key_fingerprint, load_public_context
 from .layers import AffineStep, PlaintextCache, Runner, Values
-from .refresh import REPLY_KIND, REQUEST_KIND, check_count, flood, mask, new_token, unmask
+from .refresh import (
+    REPLY_KIND,
+    REQUEST_KIND,
+    check_count,
+    flood,
+    mask,
+    new_token,
+    unmask,
+)
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
 
 MAX_PENDING = 8  # inferences a server keeps waiting for refresh replies (the oldest is dropped)
