@@ -19,15 +19,7 @@ from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
 from .compile import Plan
 from .keys import key_fingerprint, load_public_context
 from .layers import AffineStep, PlaintextCache, Runner, Values
-from .refresh import (
-    REPLY_KIND,
-    REQUEST_KIND,
-    check_count,
-    flood,
-    mask,
-    new_token,
-    unmask,
-)
+from .refresh import REPLY_KIND, REQUEST_KIND, check_count, flood, mask, new_token, unmask
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
 
 MAX_PENDING = 8  # inferences a server keeps waiting for refresh replies (the oldest is dropped)
