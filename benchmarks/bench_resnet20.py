@@ -5,20 +5,22 @@ Stages, each in its own subprocess so that its peak RSS (``ru_maxrss``) is its o
 
 * ``compile`` per arm (degree-2 activations; composite ReLU at ``--alpha`` bits): convert
   (calibration on ``--calib`` random images), then compile. ResNet-20 needs ~40 levels and
-  N = 32768 allows ~19 without refresh, so compile raises ``ParameterError`` until the plan can
-  be split into refresh segments; the stage then measures the structured lowering part of the
-  compiler alone (sparse maps, slot layouts, tile diagonals) and reports its diagonal, rotation
-  and weight-byte totals. Reported: depth, seconds, peak RSS, plan size.
+  N = 32768 allows ~19, so the plan is split into refresh segments (the composite arm, deeper
+  per activation, may still raise ``ParameterError``: the stage then measures the structured
+  lowering part of the compiler alone). Reported: depth, seconds, peak RSS, plan size.
 * ``encrypted``: the first ``--blocks`` basic blocks of the same ResNet-20 (stem, blocks,
   global pooling and the classifier), degree 2, compiled for N = ``--ring`` (16x32x32 values
   span two ciphertexts at N = 16384) and run encrypted on ``--images`` images: the server runs
   in its own subprocess (its peak RSS), the client (keys, encryption, decryption) in this
   stage's process. Reported: top-1 agreement with the plaintext PANN, precision bits, latency
-  per image, bytes up and down, peak RSS of compiler+client and of the server.
-* ``run_encrypted`` runs any compiled plan the same way; the full network goes through it as
-  soon as ``he_backend.compile`` returns a plan for it (``--full-images`` > 0).
+  per image, refresh rounds, bytes up and down, peak RSS of compiler+client and of the server.
+* ``full_encrypted`` (``--full-images`` > 0): the whole ResNet-20 at degree 2 in three
+  processes: compiler (``compile_full``), client (this stage; it loads only the plan's layout)
+  and server (``serve``), which exchange the batch, the refresh rounds and the results over a
+  pipe (:func:`run_encrypted`). Reported as ``encrypted``, with the three peak RSS apart.
 
 Usage: python benchmarks/bench_resnet20.py [--calib 32] [--alpha 7] [--blocks 1] [--images 2] [--ring 16384]
+       [--full-images 1]
 Ends with one JSON line (a list of dicts, one per stage).
 """
 from __future__ import annotations
