@@ -90,13 +90,15 @@ class Client:
         self._check_range(flat)
         per = self.plan.samples_per_ciphertext
         block = self.plan.block
+        count = self.plan.input_ciphertexts  # more than one: each sample spans several ciphertexts
         blobs = []
         for start in range(0, len(flat), per):
             group = flat[start : start + per]
-            slots = np.zeros(len(group) * block)
+            slots = np.zeros(len(group) * count * block)
             for b, sample in enumerate(group):
                 slots[b * block : b * block + sample.size] = sample
-            blobs.append(self.keys.encrypt_bytes(slots))
+            width = len(slots) // count  # several samples in one ciphertext, or one sample in several
+            blobs.extend(self.keys.encrypt_bytes(slots[i * width : (i + 1) * width]) for i in range(count))
         return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per,
                                   KEY_FIELD: self.keys.fingerprint}, blobs)
 
@@ -108,16 +110,14 @@ class Client:
         if header.get(KEY_FIELD) != self.keys.fingerprint:
             raise PayloadError(f"these results were computed with keys {header.get(KEY_FIELD)!r}, not this client's "
                                f"({self.keys.fingerprint}); decrypt them with the client that encrypted the inputs")
-        if header.get(KEY_FIELD) != self.keys.fingerprint:
-            raise PayloadError(f"this refresh request comes from a session of the keys {header.get(KEY_FIELD)!r}, "
-                               f"not this client's ({self.keys.fingerprint})")
         context = self.keys.engine.context
         rows = []
-        per, total = header["per_ciphertext"], header["samples"]
-        for i, blob in enumerate(blobs):
-            slots = self.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, context, "result ciphertext"))
-            count = min(per, total - i * per)
-            for b in range(count):
+        per, total, group = header["per_ciphertext"], header["samples"], self.plan.output_ciphertexts
+        for i in range(0, len(blobs), group):
+            parts = [self.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, context, "result ciphertext"))
+                     for blob in blobs[i : i + group]]
+            slots = parts[0] if group == 1 else np.concatenate([p[: self.plan.block] for p in parts])
+            for b in range(min(per, total - (i // group) * per)):
                 rows.append(slots[b * self.plan.block : b * self.plan.block + self.plan.output_length])
         return np.array(rows)
 
@@ -129,6 +129,9 @@ class Client:
         expected = layout_header(self.plan)
         if any(header.get(k) != v for k, v in expected.items()):
             raise PayloadError("this refresh request was made for another plan than this client's")
+        if header.get(KEY_FIELD) != self.keys.fingerprint:
+            raise PayloadError(f"this refresh request comes from a session of the keys {header.get(KEY_FIELD)!r}, "
+                               f"not this client's ({self.keys.fingerprint})")
         if header.get("count") != len(blobs) or not isinstance(header.get("round"), str):
             raise PayloadError(f"corrupted refresh request: it announces {header.get('count')} ciphertexts "
                                f"and holds {len(blobs)}")

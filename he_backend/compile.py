@@ -4,8 +4,10 @@
 (:func:`polyact.graph.lower`), folds everything foldable into the affine maps (each
 polynomial's input map ``t = (2x - a - b) / (b - a)``, the shift and scale of degree-2
 activations, batch normalisation), folds the interval maps between composite stages into the
-stage coefficients, chooses CKKS parameters for the network's depth, assigns every step its
-exact output level and scale, and counts the operations, all before anything is encrypted.
+stage coefficients, places every tensor in the slots (:mod:`he_backend.lowering`: flat or
+strided layouts, several ciphertexts per tensor when it does not fit one), chooses CKKS
+parameters for the network's depth, assigns every step its exact output level and scale, and
+counts the operations, all before anything is encrypted. Weights stay sparse throughout.
 
 The plan is what the server runs; ``plan.client()`` makes the matching client (keys, packing).
 """
@@ -17,13 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 from torch import nn
 
-from polyact.graph import INPUT, AffineNode, PolyGraph, PolyNode, lower
+from polyact.graph import INPUT, AffineNode, PolyGraph, PolyNode, is_identity, lower
 from polyact.poly import ChebPoly, CompositePoly
 
 from .ckks import Engine
-from .layers import AffineStep, PolyStep, rotation_cost
+from .layers import AffineStep, PolyStep, ciphertext_count
+from .lowering import Layout, choose_layout
 from .params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth
 from .refresh import CostModel, Cut, MaskPolicy, leakage_bound, refresh_bytes, refresh_precision_bits
 from .segments import place_cuts, poly_values, reset_names, step_levels, value_bounds
@@ -110,6 +114,15 @@ class PlanLayout:
     def samples_per_ciphertext(self) -> int:
         return 1 if self.packing == "sample" else self.params.slots // self.block
 
+    @property
+    def input_ciphertexts(self) -> int:
+        """Ciphertexts per sample for the (flat) input: more than one when it exceeds a block."""
+        return -(-self.input_length // self.block)
+
+    @property
+    def output_ciphertexts(self) -> int:
+        return -(-self.output_length // self.block)
+
     def to_bytes(self) -> bytes:
         header = {"params": self.params.to_dict(), "input_shape": list(self.input_shape), "block": self.block,
                   "packing": self.packing, "output_length": self.output_length,
@@ -177,22 +190,29 @@ class Plan:
         needs = any(isinstance(s, AffineStep) and not s.identity and any(k != 0 for k in s.offsets) for s in self.steps)
         return steps if needs else []
 
+    def ciphertexts(self, value: str) -> int:
+        """Ciphertexts per sample of a value (``"input"`` or a step's name)."""
+        if value == INPUT:
+            return self.layout().input_ciphertexts
+        step = next(s for s in self.steps if s.name == value)
+        return ciphertext_count(step.positions, self.block)
+
     def counts(self) -> list[dict[str, Any]]:
-        """Per step: kind, length, output level, and ciphertext products, plaintext products
-        and rotations per ciphertext."""
+        """Per step: kind, length, output level, ciphertexts per sample, and the ciphertext
+        products, plaintext products and rotations per evaluation of the step."""
         rows = []
         for s in self.steps:
             if isinstance(s, AffineStep):
-                offsets = s.offsets
                 rows.append({"step": s.name, "kind": "identity" if s.identity else "affine", "length": s.length,
-                             "level": s.level, "ct_ct_mults": 0,
-                             "pt_mults": 0 if s.identity else sum(len(d) for d in s.diags),
-                             "rotations": 0 if s.identity else rotation_cost(offsets, self.baby)})
+                             "level": s.level, "ct_ct_mults": 0, "ciphertexts": self.ciphertexts(s.name),
+                             "pt_mults": 0 if s.identity else s.diagonal_count,
+                             "rotations": 0 if s.identity else s.rotations(self.baby)})
             else:
                 ct = 1 if s.kind == "square" else sum(p.ct_ct_mults for p in s.plans) + (1 if s.product else 0)
                 pt = 0 if s.kind == "square" else sum(p.pt_mults for p in s.plans)
+                count = self.ciphertexts(s.name)
                 rows.append({"step": s.name, "kind": s.kind, "length": s.length, "level": s.level,
-                             "ct_ct_mults": ct, "pt_mults": pt, "rotations": 0,
+                             "ciphertexts": count, "ct_ct_mults": ct * count, "pt_mults": pt * count, "rotations": 0,
                              "degrees": [p.degree for p in s.plans]})
         return rows
 
@@ -214,6 +234,7 @@ class Plan:
             "block": self.block,
             "samples_per_ciphertext": self.samples_per_ciphertext,
             "rotations": self.rotations,
+            "input_ciphertexts": self.layout().input_ciphertexts,
             "input_ciphertext_bytes": self.ciphertext_bytes(top, seeded=True),
             "output_ciphertext_bytes": self.ciphertext_bytes(self.output_level),
             "public_context_bytes": key_bytes * (1 + galois),
@@ -229,7 +250,7 @@ class Plan:
         n, top = self.params.poly_modulus_degree, self.params.depth + 1
         cuts = []
         for c in self.cuts:
-            down, up = refresh_bytes(n, len(c.names), c.mask_level, top)
+            down, up = refresh_bytes(n, sum(self.ciphertexts(name) for name in c.names), c.mask_level, top)
             cuts.append({"before": self.steps[c.position].name, "values": list(c.names), "bounds": list(c.bounds),
                          "mask_level": c.mask_level, "bytes_down": down, "bytes_up": up,
                          "precision_bits": refresh_precision_bits(self.mask.sigma)})
@@ -249,7 +270,7 @@ class Plan:
             lines.append(f"{r['step'][:26]:<26} {r['kind']:<9} {r['length']:>5} {r['level']:>5} "
                          f"{r['ct_ct_mults']:>6} {r['pt_mults']:>6} {r['rotations']:>5}")
         t = rep["totals"]
-        lines.append(f"totals per ciphertext: {t['ct_ct_mults']} ct*ct, {t['pt_mults']} pt*ct, {t['rotations']} rotations; "
+        lines.append(f"totals per evaluation: {t['ct_ct_mults']} ct*ct, {t['pt_mults']} pt*ct, {t['rotations']} rotations; "
                      f"input {rep['input_ciphertext_bytes'] / 1e6:.1f} MB, output {rep['output_ciphertext_bytes'] / 1e6:.1f} MB, "
                      f"keys ~{rep['public_context_bytes'] / 1e6:.0f} MB")
         for c in rep["refresh"]["cuts"]:
@@ -269,7 +290,7 @@ class Plan:
         for s in self.steps:
             if isinstance(s, AffineStep):
                 values[s.name] = values[s.sources[0]] if s.identity else \
-                    sum(values[src] @ w.T for src, w in zip(s.sources, s.weights)) + s.bias
+                    sum((w @ values[src].T).T for src, w in zip(s.sources, s.weights)) + s.bias
                 continue
             values[s.name] = poly_values(s, values[s.source])
         return values
@@ -279,11 +300,14 @@ class Plan:
         arrays: dict[str, np.ndarray] = {}
         steps = []
         for i, s in enumerate(self.steps):
+            arrays[f"s{i}_pos"] = s.positions
             if isinstance(s, AffineStep):
                 for j, w in enumerate(s.weights):
-                    arrays[f"s{i}_w{j}"] = w
+                    arrays[f"s{i}_w{j}_data"], arrays[f"s{i}_w{j}_indices"], arrays[f"s{i}_w{j}_indptr"] = \
+                        w.data, w.indices, w.indptr
                 arrays[f"s{i}_b"] = s.bias
                 steps.append({"type": "affine", "name": s.name, "sources": s.sources, "length": s.length,
+                              "shapes": [list(w.shape) for w in s.weights],
                               "level": s.level, "scale": s.scale, "identity": s.identity})
             else:
                 for j, c in enumerate(s.stages):
@@ -307,13 +331,15 @@ class Plan:
             steps: list[AffineStep | PolyStep] = []
             for i, s in enumerate(header["steps"]):
                 if s["type"] == "affine":
-                    weights = [arrays[f"s{i}_w{j}"] for j in range(len(s["sources"]))]
+                    weights = [sp.csr_matrix((arrays[f"s{i}_w{j}_data"], arrays[f"s{i}_w{j}_indices"],
+                                              arrays[f"s{i}_w{j}_indptr"]), shape=tuple(shape))
+                               for j, shape in enumerate(s["shapes"])]
                     steps.append(AffineStep(s["name"], s["sources"], weights, arrays[f"s{i}_b"], s["length"],
-                                            s["level"], s["scale"], s["identity"]))
+                                            arrays[f"s{i}_pos"], s["level"], s["scale"], s["identity"]))
                 else:
                     stages = [arrays[f"s{i}_c{j}"] for j in range(s["stages"])]
                     steps.append(PolyStep(s["name"], s["source"], s["length"], s["kind"], stages, s["product"],
-                                          s["level"], s["scale"]))
+                                          s["level"], s["scale"], positions=arrays[f"s{i}_pos"]))
             plan = cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), header["block"],
                        header["baby"], steps, header["output"], header["output_length"], header["packing"],
                        header["notes"], [Cut.from_dict(c) for c in header.get("cuts", [])],
@@ -324,8 +350,10 @@ class Plan:
         return plan
 
     def prepare(self) -> None:
+        _prepare_affine(self.steps, int(np.prod(self.input_shape)), self.block)
         for s in self.steps:
-            s.prepare() if isinstance(s, AffineStep) else s.prepare(self.params.scale_bits)
+            if isinstance(s, PolyStep):
+                s.prepare(self.params.scale_bits)
 
     def layout(self) -> PlanLayout:
         """The weight-free part a client needs (see :class:`PlanLayout`)."""
@@ -339,7 +367,17 @@ class Plan:
         return Client(self, **kwargs)
 
 
-def _build_steps(graph: PolyGraph) -> tuple[list[AffineStep | PolyStep], int]:
+def _scale_in_place(w: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray | None = None) -> sp.csr_matrix:
+    """``w <- diag(rows) w diag(cols)`` without a matrix product or a copy."""
+    w.data *= np.repeat(rows, np.diff(w.indptr))
+    if cols is not None:
+        w.data *= cols[w.indices]
+    return w
+
+
+def _build_steps(graph: PolyGraph) -> list[AffineStep | PolyStep]:
+    """The steps of ``graph`` with every foldable map folded into the affine weights (which
+    are scaled in place: the graph is consumed)."""
     polys: dict[str, tuple[PolyStep, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     consumer: dict[str, str] = {}
     for node in graph.nodes.values():
@@ -347,6 +385,7 @@ def _build_steps(graph: PolyGraph) -> tuple[list[AffineStep | PolyStep], int]:
             polys[node.name] = _poly_step(node)
             consumer[node.source] = node.name
     steps: list[AffineStep | PolyStep] = []
+    scaled: set[int] = set()  # matrices already scaled (nodes may share one)
     for name, node in graph.nodes.items():
         if isinstance(node, PolyNode):
             steps.append(polys[name][0])
@@ -358,24 +397,64 @@ def _build_steps(graph: PolyGraph) -> tuple[list[AffineStep | PolyStep], int]:
             alpha, beta = _broadcast(a_in, m), _broadcast(b_in, m)
         weights, bias = [], node.bias.copy()
         for source, w in zip(node.sources, node.weights):
+            cols = None
             if source in polys:
                 _, _, _, a_out, c_out = polys[source]
                 bias = bias + w @ _broadcast(c_out, w.shape[1])
-                w = w * _broadcast(a_out, w.shape[1])[None, :]
-            weights.append(alpha[:, None] * w)
+                cols = _broadcast(a_out, w.shape[1])
+            w = w.tocsr(copy=id(w) in scaled)
+            scaled.add(id(w))
+            weights.append(_scale_in_place(w, alpha, cols))
         bias = alpha * bias + beta
         squared = name in consumer and polys[consumer[name]][0].kind == "square"
-        identity = (len(weights) == 1 and weights[0].shape[0] == weights[0].shape[1] and not squared
-                    and np.array_equal(weights[0], np.eye(m)) and not bias.any())
-        steps.append(AffineStep(name, list(node.sources), weights, bias, m, identity=identity))
-    lengths = [int(np.prod(graph.input_shape))] + [s.length for s in steps]
-    return steps, max(lengths)
+        identity = bool(len(weights) == 1 and not squared and is_identity(weights[0]) and not bias.any())
+        steps.append(AffineStep(name, list(node.sources), weights, bias, m, np.zeros(0, dtype=np.int64), identity=identity))
+    return steps
+
+
+def _assign_layouts(steps: list[AffineStep | PolyStep], graph: PolyGraph) -> list[str]:
+    """Slot positions of every value (:func:`he_backend.lowering.choose_layout`: the fewest
+    diagonals); the input and the network's output are flat, as the client packs and reads
+    them. Returns notes on the non-flat layouts chosen, with the diagonal counts measured."""
+    layouts = {INPUT: Layout.flat(graph.input_shape)}
+    output = graph.nodes[graph.output]
+    flat = {graph.output, output.source if isinstance(output, PolyNode) else graph.output}
+    notes = []
+    for s in steps:
+        if isinstance(s, PolyStep):
+            layouts[s.name] = layouts[s.source]
+        else:
+            shape = graph.nodes[s.name].shape
+            sources = [layouts[x] for x in s.sources]
+            s.source_positions = [layout.positions for layout in sources]
+            if s.identity and (s.name not in flat or np.array_equal(sources[0].positions, np.arange(s.length))):
+                layouts[s.name] = Layout(shape, sources[0].positions, sources[0].gap, sources[0].base) \
+                    if sources[0].shape == shape else Layout(shape, sources[0].positions)
+            elif s.name in flat:
+                s.identity = False
+                layouts[s.name] = Layout.flat(shape)
+            else:
+                layouts[s.name], measured = choose_layout(shape, s.weights, sources)
+                if layouts[s.name].gap > 1:
+                    notes.append(f"{s.name}: gap-{layouts[s.name].gap} layout, diagonals measured per candidate {measured}")
+        s.positions = layouts[s.name].positions
+    return notes
+
+
+def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block: int) -> None:
+    """Source positions and tile diagonal offsets of every affine step."""
+    positions = {INPUT: np.arange(input_length, dtype=np.int64)}
+    for s in steps:
+        if isinstance(s, AffineStep):
+            s.source_positions = [positions[x] for x in s.sources]
+            s.prepare(block)
+        positions[s.name] = s.positions
 
 
 def _choose_baby(steps: list[AffineStep | PolyStep], block: int) -> int:
     affine = [s for s in steps if isinstance(s, AffineStep) and not s.identity]
     options = [1 << j for j in range(0, int(math.log2(block)) + 1)]
-    return min(options, key=lambda b: (sum(rotation_cost(s.offsets, b) for s in affine), b))
+    return min(options, key=lambda b: (sum(s.rotations(b) for s in affine), b))
 
 
 def _assign_levels(steps: list[AffineStep | PolyStep], top: int, resets: dict[int, set[str]] | None = None) -> int:
@@ -441,21 +520,27 @@ def compile(
         raise ValueError(f"max_levels must be >= 1, got {max_levels}")
     input_shape = tuple(int(v) for v in input_shape)
     graph = lower(pann, input_shape)
-    steps, longest = _build_steps(graph)
-    block = 1 << max(0, (longest - 1).bit_length())
+    nominal_depth = graph.depth
+    output_length = graph.nodes[graph.output].bias.size if isinstance(graph.nodes[graph.output], AffineNode) \
+        else int(np.prod(graph.nodes[graph.output].shape))
+    steps = _build_steps(graph)
+    notes = list(graph.notes) + _assign_layouts(steps, graph)
+    longest = max([int(np.prod(input_shape))] + [int(s.positions.max()) + 1 for s in steps if s.positions.size])
+    needed = 1 << max(0, (longest - 1).bit_length())
     scale_bits = params.scale_bits if params is not None else max_scale_bits
     for s in steps:
-        s.prepare() if isinstance(s, AffineStep) else s.prepare(scale_bits)
+        if isinstance(s, PolyStep):
+            s.prepare(scale_bits)
     depth = _assign_levels(steps, 0)
-    notes = list(graph.notes)
-    if depth < graph.depth:
-        notes.append(f"depth {depth} < nominal {graph.depth}: negligible leading coefficients were dropped")
+    if depth < nominal_depth:
+        notes.append(f"depth {depth} < nominal {nominal_depth}: negligible leading coefficients were dropped")
     if params is None:
         budget = depth if max_levels is None else min(depth, max_levels)
         secure = max_depth(max(MAX_LOG_Q), min_scale_bits)
         if budget > secure:  # too deep for any secure ring: segments of what the largest ring holds
             budget = max_depth(max(MAX_LOG_Q), max_scale_bits)
-        params = choose_params(budget, min_scale_bits=min_scale_bits, max_scale_bits=max_scale_bits, slots=block)
+        params = choose_params(budget, min_scale_bits=min_scale_bits, max_scale_bits=max_scale_bits,
+                               slots=min(needed, max(MAX_LOG_Q) // 2))
         for s in steps:  # re-plan at the chosen scale (it decides which coefficients are negligible)
             if isinstance(s, PolyStep):
                 s.prepare(params.scale_bits)
@@ -466,10 +551,10 @@ def compile(
             "lower the polynomial degrees, give parameters with more levels, or pass max_levels to "
             "split the plan into segments joined by interactive refresh"
         )
-    if block > params.slots:
-        raise ParameterError(f"a layer has {longest} values but N = {params.poly_modulus_degree} has only {params.slots} slots")
-    output_length = graph.nodes[graph.output].bias.size if isinstance(graph.nodes[graph.output], AffineNode) \
-        else int(np.prod(graph.nodes[graph.output].shape))
+    block = min(needed, params.slots)  # a tensor larger than the slots spans several ciphertexts
+    _prepare_affine(steps, int(np.prod(input_shape)), block)
+    if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):
+        notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")
     plan = Plan(params, input_shape, block, _choose_baby(steps, block), steps, graph.output, output_length,
                 packing, notes, mask=mask or MaskPolicy())
     budget = params.depth if max_levels is None else min(params.depth, max_levels)
@@ -478,7 +563,7 @@ def compile(
         bounds = value_bounds(steps, _square_shifts(graph), plan.mask.margin)
         try:
             plan.cuts = place_cuts(steps, graph.output, params, budget, bounds, plan.mask, cost or CostModel(),
-                                   lambda s: operations[s.name])
+                                   lambda s: operations[s.name], plan.ciphertexts)
         except ValueError as exc:
             raise ParameterError(f"the network needs {depth} levels; {exc}") from None
         notes.append(f"{len(plan.cuts)} refresh round(s): {depth} levels in segments of at most {budget}")

@@ -1,21 +1,25 @@
 """Encrypted layers: affine maps on packed vectors (baby-step giant-step diagonal method) and
 polynomial activations.
 
-Layout. Every value (a flattened tensor of ``m <= P`` numbers) lives in *blocks* of ``P`` slots:
-block ``b`` holds one sample in slots ``[b P, b P + m)``, zero-padded. One sample per
-ciphertext gives the lowest latency; ``slots / P`` samples per ciphertext the best throughput;
-the operations are the same.
+Layout. Every value (a flattened tensor) has slot positions (:mod:`he_backend.lowering.layout`)
+within a footprint of ``F`` slots, cut into blocks of ``P`` slots. If ``F <= P`` one sample
+lives in block ``b`` of a ciphertext (slots ``[b P, (b + 1) P)``, zero-padded); one sample per
+ciphertext gives the lowest latency, ``slots / P`` samples per ciphertext the best throughput,
+and the operations are the same. If ``F > P`` (then ``P`` is the whole ciphertext) the value
+spans ``ceil(F / P)`` ciphertexts.
 
-Affine maps. With ``W`` of shape ``(m, n)`` the generalised diagonals
-``d_k[j] = W[j, j + k]`` (``-(m-1) <= k < n``, zero where ``j + k`` leaves ``[0, n)``) give
-``y = sum_k d_k * rot(x, k)``; no product ever reads another block, so blocks stay independent.
-Writing ``k = g B1 + r`` (``0 <= r < B1``),
+Affine maps. Tile ``(i, j)`` of the map (output ciphertext ``i``, input ciphertext ``j``) has
+generalised diagonals ``d_k`` (``-P < k < P``, zero where a row would read outside its block):
+``y_i = sum_j sum_k d_{ijk} * rot(x_j, k)``, so no product reads another block. Writing
+``k = g B1 + r`` (``0 <= r < B1``),
 
-    y = sum_g rot( sum_r rot(d_k, -g B1) * rot(x, r), g B1 ),
+    y_i = sum_g rot( sum_j sum_r rot(d_{ijk}, -g B1) * rot(x_j, r), g B1 ),
 
-needs the rotations of ``x`` by ``r`` (stepping by 1) and a Horner chain over ``g`` (stepping
-by ``+-B1``): three Galois keys in all. All products of a map land on one scale and one rescale
-finishes it, exactly at the step's target ``(level, scale)``.
+needs the rotations of each ``x_j`` by ``r`` (stepping by 1, shared by all outputs) and one
+Horner chain over ``g`` per output (stepping by ``+-B1``): three Galois keys in all. All
+products of a map land on one scale and one rescale finishes it, exactly at the step's target
+``(level, scale)``. Diagonals come from the sparse weights (:mod:`he_backend.lowering`) and
+are only built when a plaintext is first encoded.
 """
 from __future__ import annotations
 
@@ -24,57 +28,64 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import scipy.sparse as sp
 import tenseal.sealapi as sa
 
 from .ckks import Engine
+from .lowering import TileOffsets, rotation_cost, tile_diagonals, tile_offsets
 from .polyeval import PolyEvaluator, PolyPlan, plan_polynomial
 
 
-def diagonals(weight: np.ndarray) -> dict[int, np.ndarray]:
-    """Non-zero generalised diagonals ``k -> d_k`` (length ``m``) of an ``(m, n)`` matrix:
-    ``d_k[j] = W[j, j + k]`` for ``-(m - 1) <= k < n``."""
-    m, n = weight.shape
-    out = {}
-    for k in range(-(m - 1), n):
-        diag = np.diagonal(weight, offset=k)
-        if not np.any(diag):
-            continue
-        d = np.zeros(m)
-        start = max(0, -k)
-        d[start : start + diag.size] = diag
-        out[k] = d
+def slot_vector(values: np.ndarray, positions: np.ndarray, block: int, index: int) -> np.ndarray:
+    """Block ``index`` of the slots of a per-element vector placed at ``positions``."""
+    low = index * block
+    inside = (positions >= low) & (positions < low + block)
+    out = np.zeros(block)
+    out[positions[inside] - low] = np.broadcast_to(values, positions.shape)[inside]
     return out
 
 
-def rotation_cost(offsets: list[int], baby: int) -> int:
-    """Rotations of the BSGS scheme for these diagonal offsets and baby-step size."""
-    if not offsets:
-        return 0
-    remainders = [k % baby for k in offsets]
-    giants = [k // baby for k in offsets]
-    return max(remainders) + max(max(giants), 0) + max(-min(giants), 0)
+def ciphertext_count(positions: np.ndarray, block: int) -> int:
+    """Ciphertexts a value with these slot positions spans."""
+    return max(1, -(-(int(positions.max()) + 1) // block)) if positions.size else 1
 
 
 @dataclass
 class AffineStep:
-    """``y = sum_i W_i x_i + b`` (folded), output ``length`` values at ``(level, scale)``."""
+    """``y = sum_i W_i x_i + b`` (folded; sparse ``W_i`` on flattened tensors), output
+    ``length`` values at slot ``positions`` and ``(level, scale)``; ``source_positions`` are
+    the slots of the inputs (set by the plan)."""
 
     name: str
     sources: list[str]
-    weights: list[np.ndarray]
+    weights: list[sp.csr_matrix]
     bias: np.ndarray
     length: int
+    positions: np.ndarray
     level: int = 0
     scale: float = 0.0
     identity: bool = False
-    diags: list[dict[int, np.ndarray]] = field(default_factory=list, repr=False)
+    source_positions: list[np.ndarray] = field(default_factory=list, repr=False)
+    tiles: list[TileOffsets] = field(default_factory=list, repr=False)
 
-    def prepare(self) -> None:
-        self.diags = [diagonals(w) for w in self.weights]
+    def prepare(self, block: int) -> None:
+        """Diagonal offsets of every tile (no diagonal values yet)."""
+        self.tiles = [tile_offsets(w, p, self.positions, block) for w, p in zip(self.weights, self.source_positions)]
+
+    def diagonals(self, source: int, block: int) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+        return tile_diagonals(self.weights[source], self.source_positions[source], self.positions, block)
 
     @property
     def offsets(self) -> list[int]:
-        return sorted({k for d in self.diags for k in d})
+        return sorted({int(k) for tiles in self.tiles for offsets in tiles.values() for k in offsets})
+
+    @property
+    def diagonal_count(self) -> int:
+        """Plaintext products per evaluation (one per non-zero tile diagonal)."""
+        return sum(offsets.size for tiles in self.tiles for offsets in tiles.values())
+
+    def rotations(self, baby: int) -> int:
+        return rotation_cost(self.tiles, baby)
 
 
 @dataclass
@@ -92,6 +103,7 @@ class PolyStep:
     level: int = 0
     scale: float = 0.0
     plans: list[PolyPlan] = field(default_factory=list, repr=False)
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
 
     def prepare(self, scale_bits: float) -> None:
         self.plans = [plan_polynomial(c, scale_bits=scale_bits) for c in self.stages] if self.kind == "series" else []
@@ -127,6 +139,9 @@ class PlaintextCache:
         return value
 
 
+Values = dict[str, list[sa.Ciphertext]]  # every value: its ciphertexts
+
+
 class Runner:
     """Executes affine and polynomial steps with one :class:`Engine` (server side)."""
 
@@ -139,48 +154,55 @@ class Runner:
         self.poly = PolyEvaluator(engine)
 
     def _slots(self, values: np.ndarray) -> np.ndarray:
-        """A per-element vector repeated in every block (zero padding)."""
-        block = np.zeros(self.block)
-        block[: len(values)] = values
-        return np.tile(block, self.blocks)
+        """A block's vector repeated in every block of the ciphertext."""
+        return np.tile(values, self.blocks)
 
-
-    def affine(self, step: AffineStep, values: dict[str, sa.Ciphertext]) -> sa.Ciphertext:
+    def affine(self, step: AffineStep, values: Values) -> list[sa.Ciphertext]:
         e = self.engine
         if step.identity:
             return values[step.sources[0]]
         pre = step.level + 1
         target = step.scale * e.prime(pre)
-        def products(i: int, diags: dict[int, np.ndarray], keys: list[int], rotated: sa.Ciphertext):
-            """Per giant step ``g``, the sum of ``d_k * rot(x, r)`` over this ``r``'s offsets."""
-            out: dict[int, sa.Ciphertext] = {}
-            for k in keys:
-                g = k // self.baby
-                pt = self.cache.get((step.name, i, k, rotated.scale, pre), lambda: e.encode(
-                    np.roll(self._slots(diags[k]), g * self.baby), target / rotated.scale, pre),
-                    size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
-                term = e.mul_plaintext(rotated, pt)
-                out[g] = e.add(out[g], term) if g in out else term
-            return out
+        inner: dict[int, dict[int, sa.Ciphertext]] = {}  # output ciphertext -> giant step -> sum of terms
+        for s, source in enumerate(step.sources):
+            tables: dict = {}
 
-        parts = []  # the products of each rotation run on a helper thread while the next rotates
-        for i, (source, diags) in enumerate(zip(step.sources, step.diags)):
-            x = e.mod_switch(values[source], pre)
-            by_r: dict[int, list[int]] = {}
-            for k in diags:
-                by_r.setdefault(k % self.baby, []).append(k)
-            rotated = x
-            for r in range(max(by_r, default=0) + 1):
-                if r:
-                    rotated = e.rotate(rotated, 1)
-                if r in by_r:
-                    parts.append(e.submit(products, i, diags, by_r[r], rotated))
-        sums: dict[int, sa.Ciphertext] = {}
-        for part in parts:
-            for g, term in part.result().items():
-                sums[g] = e.add(sums[g], term) if g in sums else term
+            def diagonal(i: int, j: int, k: int, s: int = s, tables: dict = tables) -> np.ndarray:
+                if not tables:
+                    tables.update(step.diagonals(s, self.block))
+                offsets, table = tables[(i, j)]
+                return table[int(np.searchsorted(offsets, k))].toarray().ravel()
 
-        def horner(sign: int) -> sa.Ciphertext | None:
+            for j, ct in enumerate(values[source]):
+                x = e.mod_switch(ct, pre)
+                by_r: dict[int, list[tuple[int, int]]] = {}
+                for (i, tile_j), offsets in step.tiles[s].items():
+                    if tile_j == j:
+                        for k in offsets.tolist():
+                            by_r.setdefault(k % self.baby, []).append((i, k))
+                rotated = x
+                for r in range(max(by_r, default=0) + 1):
+                    if r:
+                        rotated = e.rotate(rotated, 1)
+                    for i, k in by_r.get(r, []):
+                        g = k // self.baby
+                        pt = self.cache.get((step.name, s, i, j, k, x.scale, pre), lambda: e.encode(
+                            np.roll(self._slots(diagonal(i, j, k)), g * self.baby), target / x.scale, pre),
+                            size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
+                        term, sums = e.mul_plaintext(rotated, pt), inner.setdefault(i, {})
+                        sums[g] = term if g not in sums else e.add(sums[g], term)  # summed at once: bounded memory
+        finished = [e.submit(self._finish, step, i, inner.get(i))  # output ciphertexts are independent
+                    for i in range(ciphertext_count(step.positions, self.block))]
+        return [f.result() for f in finished]
+
+    def _finish(self, step: AffineStep, index: int, sums: dict[int, sa.Ciphertext] | None) -> sa.Ciphertext:
+        """Giant steps, bias and the rescale of output ciphertext ``index``."""
+        e = self.engine
+        if not sums:
+            raise ValueError(f"{step.name}: output ciphertext {index} depends on no input (an all-zero weight block); "
+                             "the server cannot create a ciphertext without one")
+        total = sums.get(0)
+        for sign in (1, -1):
             giants = sorted((g for g in sums if g * sign > 0), key=abs)
             if not giants:
                 return None
@@ -188,20 +210,18 @@ class Runner:
             for g in range(giants[-1], 0, -1) if sign > 0 else range(giants[-1], 0):
                 acc = sums[g] if acc is None else (e.add(e.rotate(acc, sign * self.baby), sums[g]) if g in sums
                                                      else e.rotate(acc, sign * self.baby))
-            return e.rotate(acc, sign * self.baby)
-
-        negative = e.submit(horner, -1)  # the two giant-step chains are independent
-        total = sums.get(0)
-        for acc in (horner(1), negative.result()):
-            if acc is not None:
-                total = acc if total is None else e.add(total, acc)
-        if np.any(step.bias):
-            total = e.add_plain(total, self._slots(step.bias))
+            acc = e.rotate(acc, sign * self.baby)
+            total = acc if total is None else e.add(total, acc)
+        bias = slot_vector(step.bias, step.positions, self.block, index)
+        if np.any(bias):
+            total = e.add_plain(total, self._slots(bias))
         return e.rescale(total)
 
-    def polynomial(self, step: PolyStep, values: dict[str, sa.Ciphertext]) -> sa.Ciphertext:
+    def polynomial(self, step: PolyStep, values: Values) -> list[sa.Ciphertext]:
+        return [self._polynomial(step, x, i) for i, x in enumerate(values[step.source])]
+
+    def _polynomial(self, step: PolyStep, x: sa.Ciphertext, index: int) -> sa.Ciphertext:
         e = self.engine
-        x = values[step.source]
         if step.kind == "square":
             return e.rescale(e.mul(x, x))
         level = e.level(x) - sum(p.depth for p in step.plans)
@@ -211,17 +231,17 @@ class Runner:
             is_last = plan is step.plans[-1]
             if is_last and step.product:
                 inner_scale = step.scale * e.prime(step.level + 1) / x.scale
-                s = self.poly.evaluate(self._slot_plan(plan), s, stage_level, inner_scale)
+                s = self.poly.evaluate(self._slot_plan(plan, step, index), s, stage_level, inner_scale)
                 return e.rescale(e.mul(s, x))
-            s = self.poly.evaluate(self._slot_plan(plan), s, stage_level if not is_last else step.level,
+            s = self.poly.evaluate(self._slot_plan(plan, step, index), s, stage_level if not is_last else step.level,
                                    step.scale if is_last else e.params.scale)
         assert e.level(s) == level == step.level
         return s
 
-    def _slot_plan(self, plan: PolyPlan) -> PolyPlan:
-        """Per-element coefficients (a matrix) become slot vectors repeated per block."""
+    def _slot_plan(self, plan: PolyPlan, step: PolyStep, index: int) -> PolyPlan:
+        """Per-element coefficients (a matrix) become the slot vectors of ciphertext ``index``."""
         if plan.coefficients.ndim == 1:
             return plan
-        return self.cache.get(("plan", id(plan)), lambda: plan_polynomial(
-            np.stack([self._slots(c) for c in plan.coefficients]), baby=plan.baby,
-            scale_bits=self.engine.params.scale_bits))
+        return self.cache.get(("plan", id(plan), index), lambda: plan_polynomial(
+            np.stack([self._slots(slot_vector(c, step.positions, self.block, index)) for c in plan.coefficients]),
+            baby=plan.baby, scale_bits=self.engine.params.scale_bits))

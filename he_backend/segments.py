@@ -112,11 +112,13 @@ def candidate_cut(live: set[str], position: int, root: Mapping[str, str],
 
 
 def place_cuts(steps: Sequence[Step], output: str, params: CkksParams, budget: int, bounds: Mapping[str, float],
-               policy: MaskPolicy, cost: CostModel, operations: Callable[[Step], tuple[int, int, int]]) -> list[Cut]:
+               policy: MaskPolicy, cost: CostModel, operations: Callable[[Step], tuple[int, int, int]],
+               ciphertexts: Callable[[str], int]) -> list[Cut]:
     """The cheapest refresh points (a shortest path, see :func:`he_backend.refresh.shortest_cuts`)
     such that every segment stays within ``budget`` levels below the top and every cut's live
     values are at or above its mask level. ``operations(step)`` gives (ciphertext products,
-    plaintext products, rotations) per ciphertext. Raises ``ValueError`` when no placement fits."""
+    plaintext products, rotations) per evaluation of the step; ``ciphertexts(name)`` the
+    ciphertexts a value spans (each one is masked and refreshed). Raises ``ValueError`` when no placement fits."""
     n, top, ring = len(steps), params.depth + 1, params.poly_modulus_degree
     floor = top - budget
     live, root = live_sets(steps, output), roots(steps)
@@ -137,7 +139,7 @@ def place_cuts(steps: Sequence[Step], output: str, params: CkksParams, budget: i
             cut = cuts[p]
             if any(level[name] < max(floor, cut.mask_level) for name in live[p]):
                 return None
-            seconds += cost.refresh_seconds(ring, len(cut.names), cut.mask_level, top)
+            seconds += cost.refresh_seconds(ring, sum(ciphertexts(name) for name in cut.names), cut.mask_level, top)
         return seconds
 
     try:

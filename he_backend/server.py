@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -17,7 +18,7 @@ from .ckks import Engine
 from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
 from .compile import Plan
 from .keys import key_fingerprint, load_public_context
-from .layers import AffineStep, PlaintextCache, Runner
+from .layers import AffineStep, PlaintextCache, Runner, Values
 from .refresh import REPLY_KIND, REQUEST_KIND, check_count, flood, mask, new_token, unmask
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
 
@@ -30,11 +31,12 @@ class RefreshRequired(PayloadError):
 
 @dataclass
 class _Job:
-    """An inference between rounds: per ciphertext its values (ciphertexts; empty while a
-    refresh is in flight) and the real parts of that refresh's masks; the client's batch header."""
+    """An inference between rounds: per input (ciphertext group) its values (lists of
+    ciphertexts; empty while a refresh is in flight) and the real parts of that refresh's masks
+    (one per masked ciphertext, in request order); the client's batch header."""
 
     header: dict
-    values: list[dict[str, sa.Ciphertext]]
+    values: list[Values]
     cut: int
     masks: list[list[np.ndarray]]
 
@@ -69,12 +71,22 @@ class Server:
     def from_bytes(cls, plan_bytes: bytes, public_context: bytes, **kwargs) -> "Server":
         return cls(Plan.from_bytes(plan_bytes), public_context, **kwargs)
 
-    def evaluate(self, ct: sa.Ciphertext) -> sa.Ciphertext:
-        """The plan applied to one ciphertext (single-round plans)."""
-        self._check_fresh(ct)
+    def evaluate(self, ct: sa.Ciphertext | list[sa.Ciphertext]) -> sa.Ciphertext | list[sa.Ciphertext]:
+        """The plan applied to one input (single-round plans): a ciphertext, or the list of
+        ciphertexts of a sample that spans several (then a list comes back)."""
+        cts = ct if isinstance(ct, list) else [ct]
+        self._check_input(cts)
         if self.plan.cuts:
             raise RefreshRequired(self._rounds_message())
-        return self._segment({"input": ct}, 0, len(self.plan.steps))[self.plan.output]
+        out = self._segment({"input": cts}, 0, len(self.plan.steps))[self.plan.output]
+        return out if isinstance(ct, list) else out[0]
+
+    def _check_input(self, cts: list[sa.Ciphertext]) -> None:
+        expected = self.plan.ciphertexts("input")
+        if len(cts) != expected:
+            raise PayloadError(f"this plan takes {expected} ciphertext(s) per input, got {len(cts)}")
+        for c in cts:
+            self._check_fresh(c)
 
     def _check_fresh(self, ct: sa.Ciphertext) -> None:
         e = self.engine
@@ -85,7 +97,7 @@ class Server:
                 f"expects fresh ciphertexts at level {top} and scale 2^{self.plan.params.scale_bits}"
             )
 
-    def _segment(self, values: dict[str, sa.Ciphertext], start: int, stop: int) -> dict[str, sa.Ciphertext]:
+    def _segment(self, values: Values, start: int, stop: int) -> Values:
         for step in self.plan.steps[start:stop]:
             values[step.name] = self.runner.affine(step, values) if isinstance(step, AffineStep) \
                 else self.runner.polynomial(step, values)
@@ -118,13 +130,15 @@ class Server:
                 "with the same client's public_context()"
             )
         samples, per = header.get("samples"), header.get("per_ciphertext")
-        if not isinstance(samples, int) or not isinstance(per, int) or per < 1 or -(-samples // per) != len(blobs):
-            raise PayloadError(f"the batch header announces {samples} samples at {per} per ciphertext but holds {len(blobs)} ciphertexts")
+        group = self.plan.ciphertexts("input")  # ciphertexts per input
+        if not isinstance(samples, int) or not isinstance(per, int) or per < 1 or -(-samples // per) * group != len(blobs):
+            raise PayloadError(f"the batch header announces {samples} samples at {per} per ciphertext "
+                               f"({group} ciphertext(s) per input) but holds {len(blobs)} ciphertexts")
         values = []
-        for blob in blobs:
-            ct = seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "ciphertext")
-            self._check_fresh(ct)
-            values.append({"input": ct})
+        for start in range(0, len(blobs), group):
+            cts = [seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "ciphertext") for blob in blobs[start : start + group]]
+            self._check_input(cts)
+            values.append({"input": cts})
         return self._advance(_Job({**expected, "samples": samples, "per_ciphertext": per, KEY_FIELD: self.fingerprint},
                                    values, 0, []))
 
@@ -138,12 +152,12 @@ class Server:
             v = self._segment(v, start, stop)
             job.values[i] = {}  # the refreshed copies replace everything at the next round
             if last:
-                ct = v[self.plan.output]
-                sections.append(seal_to_bytes(flood(self.engine, ct, self.flood_std) if self.flood_std else ct))
+                sections += [seal_to_bytes(flood(self.engine, ct, self.flood_std) if self.flood_std else ct)
+                             for ct in v[self.plan.output]]
                 continue
             cut = self.plan.cuts[job.cut]
-            pairs = [mask(self.engine, v[name], bound, self.plan.mask.sigma, cut.mask_level)
-                     for name, bound in zip(cut.names, cut.bounds)]
+            pairs = [mask(self.engine, ct, bound, self.plan.mask.sigma, cut.mask_level)
+                     for name, bound in zip(cut.names, cut.bounds) for ct in v[name]]
             sections += [seal_to_bytes(ct) for ct, _ in pairs]
             job.masks.append([real for _, real in pairs])
         if last:
@@ -168,14 +182,16 @@ class Server:
         if header.get("refresh") != job.cut:
             raise PayloadError(f"this reply answers refresh {header.get('refresh')}, the round is at refresh {job.cut}")
         cut = self.plan.cuts[job.cut]
-        check_count(len(blobs), len(job.values) * len(cut.names), "the refresh reply")
+        per_input = sum(self.plan.ciphertexts(name) for name in cut.names)  # every ciphertext of every live value
+        check_count(len(blobs), len(job.values) * per_input, "the refresh reply")
         fresh = [seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "refreshed ciphertext") for blob in blobs]
         for ct in fresh:
             self._check_fresh(ct)
         del self._jobs[header["round"]]
         for i, (v, masks) in enumerate(zip(job.values, job.masks)):
-            for j, name in enumerate(cut.names):
-                v[name] = unmask(self.engine, fresh[i * len(cut.names) + j], masks[j])
+            pairs = iter(zip(fresh[i * per_input : (i + 1) * per_input], masks))
+            for name in cut.names:
+                v[name] = [unmask(self.engine, ct, real) for ct, real in islice(pairs, self.plan.ciphertexts(name))]
         job.masks = []
         job.cut += 1
         self._alias(job)

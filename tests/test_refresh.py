@@ -390,3 +390,32 @@ def test_service_rounds_per_session(service, mlp_plan, digits):
         remote._request("POST", f"/sessions/{remote.session}/round", b"POLYACT" + bytes(40))
     remote.close()
     other.close()
+
+
+@pytest.mark.slow
+def test_refresh_covers_every_ciphertext_of_a_value_spanning_several():
+    """18 x 16 x 16 = 4608 values span two ciphertexts of 4096 slots at N = 8192: the refresh
+    masks, sends, re-encrypts and unmasks both, and its byte count says so."""
+    from torch import nn
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 18, 3, padding=1), nn.ReLU(), nn.Conv2d(18, 18, 3, padding=1), nn.ReLU(),
+                          nn.AvgPool2d(4), nn.Flatten(), nn.Linear(18 * 16, 10)).eval()
+    calib = torch.randn(32, 1, 16, 16)
+    pann, _ = convert(model, calib, degree=2)
+    pann = pann.double().eval()
+    plan = he_backend.compile(pann, (1, 16, 16), params=params_for(8192, 4, 30), max_levels=3,
+                              mask=MaskPolicy(sigma=20))
+    assert len(plan.cuts) == 1 and [plan.ciphertexts(n) for n in plan.cuts[0].names] == [2]
+    n, level, top = 8192, plan.cuts[0].mask_level, plan.params.depth + 1
+    assert plan.refresh_report()["bytes_up"] == 2 * n * top * 8  # two seeded ciphertexts at the top
+    assert plan.refresh_report()["bytes_down"] == 2 * 2 * n * level * 8
+    client = plan.client()
+    server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context())
+    x = calib[:2].double().numpy()
+    request = server.start(client.encrypt(x))
+    assert unpack(request, REQUEST_KIND)[0]["count"] == 2 * len(x)  # sample packing: two ciphertexts per image
+    out = client.decrypt(server.resume(client.refresh(request)))
+    ref = _reference(pann, x)
+    assert precision_bits(out, ref) > 8
+    np.testing.assert_allclose(plan.simulate(x), ref, rtol=1e-9, atol=1e-9)
