@@ -205,7 +205,7 @@ class Runner:
         for sign in (1, -1):
             giants = sorted((g for g in sums if g * sign > 0), key=abs)
             if not giants:
-                return None
+                continue
             acc = None
             for g in range(giants[-1], 0, -1) if sign > 0 else range(giants[-1], 0):
                 acc = sums[g] if acc is None else (e.add(e.rotate(acc, sign * self.baby), sums[g]) if g in sums
