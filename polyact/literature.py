@@ -76,10 +76,13 @@ class Sqish(nn.Module):
     learnable ``alpha``, ``beta > 0`` and ``gamma``.
 
     Paper: K. Biswas, M. Karri, U. Bagci, "A Non-monotonic Smooth Activation Function",
-    arXiv:2310.10126. The stored copies of the paper did not expose its equation; the form is
-    the one of a public PyTorch implementation of Sqish (which makes all three parameters
-    trainable). The paper's initial values were not found: the defaults ``alpha = 0``,
-    ``beta = 1``, ``gamma = 1`` (``x sqrt(sigmoid(2x))``, smooth and non-monotonic) are ours.
+    arXiv:2310.10126. UNVERIFIED against the paper: the stored copy
+    (ar5iv.labs.arxiv.org/html/2310.10126) is searchable only through its introduction, and no
+    author code was found. The form is that of a public PyTorch implementation found by code
+    search (``sqish(x, alpha, beta, gamma)``, all three ``nn.Parameter``), whose repository is
+    not named in the index. The paper's initial values were not found: the defaults
+    ``alpha = 0``, ``beta = 1``, ``gamma = 1`` (``x sqrt(sigmoid(2x))``, smooth and
+    non-monotonic) are ours.
     """
 
     def __init__(self, alpha: float = 0.0, beta: float = 1.0, gamma: float = 1.0) -> None:
@@ -102,10 +105,11 @@ class Swim(nn.Module):
     algebraic sigmoid (no exponential), ``k = 0.5`` fixed.
 
     Paper: M. Abdool, T. Dear, "Swim: A General-Purpose, High-Performing, and Efficient Activation
-    Function for Locomotion Control Tasks", arXiv:2303.02640. The stored copies did not expose
-    its equation: this is the form we know from the paper; a third-party implementation
-    (torch_activation) writes ``x/2 (1 + k x / sqrt(1 + x^2))``, which does not tend to ReLU
-    and is not used here.
+    Function for Locomotion Control Tasks", arXiv:2303.02640. UNVERIFIED against the paper: the
+    stored copy (ar5iv.labs.arxiv.org/html/2303.02640) is searchable only through its abstract,
+    and code search found no author implementation. The form was written from memory of the
+    paper; a third-party implementation (torch_activation) writes ``x/2 (1 + k x / sqrt(1 +
+    x^2))``, which does not tend to ReLU and is not used here.
     """
 
     def __init__(self, k: float = 0.5) -> None:
@@ -230,9 +234,13 @@ class APALU(nn.Module):
     with learnable ``a`` and ``b`` (``1.702 x`` is the sigmoid approximation of GELU).
 
     Paper: B. Subramanian et al., "APALU: A Trainable, Adaptive Activation Function for Deep
-    Learning Networks", arXiv:2402.08244. The stored copies gave only the abstract and a summary
-    ("a two-branch piecewise form governed by a and b"); the branches above are this form as we
-    know it from the paper, not verified against its text. The initial ``a = b = 1`` are ours.
+    Learning Networks", arXiv:2402.08244. Formula verified against the paper's equation as quoted
+    by a review of it (themoonlight.io/review/apalu-a-trainable-adaptive-activation-function-for-
+    deep-learning-networks: ``f(x) = a(x + x/(1 + exp(-1.702x)))`` if ``x >= 0``,
+    ``b(exp(x) - 1)`` if ``x < 0``, "a and b are positive trainable parameters"); an independent
+    PyTorch implementation found by code search has the same branches. The paper's own HTML
+    (arxiv.org/html/2402.08244v2) is stored only through its introduction, so its initial
+    values were not read: ``a = b = 1`` are ours, and positivity of ``a``, ``b`` is not enforced.
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
@@ -253,11 +261,14 @@ class NEAF(nn.Module):
     ``alpha relu(x) + c beta |x|^3``, with layer-wise learnable ``alpha`` (initially 1) and
     ``beta`` (initially 0, so training starts from ReLU) and a fixed global strength ``c``.
 
-    Paper: D. Yevick, "Nonlinearity Enhanced Adaptive Activation Function" (2024). The stored
-    copies gave the abstract and a summary ("the standard ReLU with an additional even cubic
-    nonlinearity term ... two layer-dependent coefficients optimized during training ... a
-    global constant gamma" for the cubic strength); the exact equation and the paper's arXiv id
-    could not be read, so this is our reading of that description.
+    Paper: D. Yevick, "Nonlinearity Enhanced Adaptive Activation Function" (arXiv, 29 Mar 2024;
+    the arXiv id was not found in the stored sources). UNVERIFIED: no copy of the paper's text
+    or code was found, only summaries. One (linnk.ai) describes "the standard ReLU function with
+    an additional even cubic nonlinearity term ... two layer-dependent coefficients optimized
+    during training" and a global constant gamma for the cubic strength, which is this form;
+    another (emergentmind.com/topics/rowdy-adaptive-activation-function, formulas stripped) says
+    the activation "remains zero" for negative inputs, which this form is not. Check against the
+    paper before relying on the negative side.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, strength: float = 1.0) -> None:
