@@ -115,11 +115,12 @@ def profile(plan, x: np.ndarray, *, warmup: int = 1, threads: int = 1) -> Profil
     server = Server(plan, client.public_context())
     server.engine.use_threads(threads)
     _, blobs = unpack(client.encrypt(np.asarray(x, dtype=np.float64)[None]), CIPHERTEXTS)
-    ct = seal_from_bytes(sa.Ciphertext, blobs[0], server.engine.context, "ciphertext")
+    cts = [seal_from_bytes(sa.Ciphertext, blob, server.engine.context, "ciphertext")
+           for blob in blobs[: plan.ciphertexts("input")]]  # the first input's ciphertexts
     for _ in range(warmup):
-        server.evaluate(ct)
+        server.evaluate(cts)
     result = Profile()
-    values = {"input": ct}
+    values = {"input": cts}
     start_all = time.perf_counter()
     for step in plan.steps:
         with instrumented(server.engine) as (calls, seconds):

@@ -6,8 +6,9 @@ freed. Tests marked ``@pytest.mark.isolated`` (or a module with ``pytestmark =
 pytest.mark.isolated``) therefore run in a child ``python -m pytest`` (a fresh interpreter, not
 a fork of this one): the selected isolated tests of one module share one child, and a test
 marked ``isolated(alone=True)`` gets a child of its own. Each test's outcome comes back
-individually; the per-test RSS monitor (:mod:`rss_monitor`) runs in the child too, and measures
-the child as the parent test's children. ``POLYACT_ISOLATION_REPORT`` tells a child where to
+individually. The per-test RSS monitor (:mod:`rss_monitor`) runs in the child and applies the
+limit there, test by test; the parent lists the child's peak but does not add its own memory.
+``POLYACT_ISOLATION_REPORT`` tells a child where to
 write its outcomes (and that it runs the tests in place).
 """
 from __future__ import annotations
@@ -96,6 +97,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     if group is None:
         return None
     ihook = item.ihook
+    item.rss_checked_in_child = True  # the child's RSS monitor applies the limit to each test
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     for when, run in (("setup", lambda: None), ("call", lambda: _outcome(item, group)), ("teardown", lambda: None)):
         call = pytest.CallInfo.from_call(run, when)
