@@ -8,7 +8,6 @@ keeps freed blocks for reuse; glibc keeps freed heap pages until ``malloc_trim``
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 
@@ -57,9 +56,9 @@ def upload_bytes(layout: Plan | PlanLayout) -> int:
 def release_memory() -> None:
     """Collect garbage and ask glibc to return free heap pages to the OS (no-op elsewhere)."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if name is None:
+    try:  # the C library this process already uses (find_library would fork ldconfig)
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
         return
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
     if trim is not None:
         trim(0)
