@@ -45,7 +45,7 @@ import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import tenseal.sealapi as sa

@@ -15,13 +15,13 @@ import torch
 import he_backend
 from he_backend.params import params_for
 from he_backend.keys import KeyHolder
-from he_backend.refresh import (REPLY_KIND, REQUEST_KIND, CostModel, MaskPolicy, mask, mask_level, modulus_bits,
-                                shortest_cuts, unmask)
+from he_backend.refresh import (REPLY_KIND, REQUEST_KIND, CostModel, MaskPolicy, mask, mask_level, shortest_cuts, unmask)
 from he_backend.serialization import pack, seal_from_bytes, unpack
 from he_backend.compile import _square_shifts
 from he_backend.segments import candidate_cut, live_sets, roots, step_levels, value_bounds
 from polyact.convert import convert
 from polyact.graph import INPUT, lower
+from test_encrypted import _reference, precision_bits  # one definition of "bits" for the encrypted tests
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 
@@ -31,15 +31,6 @@ SIGMA = 30
 def _pann(model, digits, **options):
     pann, _ = convert(model, digits, **options)
     return pann.double().eval()
-
-
-def _reference(pann, x):
-    with torch.no_grad():
-        return pann(torch.as_tensor(x, dtype=torch.float64)).numpy()
-
-
-def precision_bits(out, ref):
-    return float(-np.log2(np.abs(out - ref).max() / np.abs(ref).max()))
 
 
 @pytest.fixture(scope="module")
