@@ -55,9 +55,6 @@ def _release_memory_after_each_module():
     freed heap pages until ``malloc_trim``, so without this the suite's resident size grows with
     every module that held ciphertexts, keys or encoded weights."""
     yield
-    import gc
-
     from he_backend.memory import release_memory
 
-    gc.collect()
-    release_memory()
+    release_memory()  # collects garbage, then trims

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 REPORT_VARIABLE = "POLYACT_ISOLATION_REPORT"
+_RESULTS = pytest.StashKey[dict]()  # node id -> outcome of its isolated run
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,9 +32,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RESULTS] = {}
     if os.environ.get(REPORT_VARIABLE):
         config.pluginmanager.register(_ChildRecorder(Path(os.environ[REPORT_VARIABLE])), "isolation-recorder")
-
-
-_RESULTS = pytest.StashKey[dict]()
 
 
 class _ChildRecorder:
