@@ -76,13 +76,17 @@ class Sqish(nn.Module):
     learnable ``alpha``, ``beta > 0`` and ``gamma``.
 
     Paper: K. Biswas, M. Karri, U. Bagci, "A Non-monotonic Smooth Activation Function",
-    arXiv:2310.10126. UNVERIFIED against the paper: the stored copy
-    (ar5iv.labs.arxiv.org/html/2310.10126) is searchable only through its introduction, and no
-    author code was found. The form is that of a public PyTorch implementation found by code
-    search (``sqish(x, alpha, beta, gamma)``, all three ``nn.Parameter``), whose repository is
-    not named in the index. The paper's initial values were not found: the defaults
-    ``alpha = 0``, ``beta = 1``, ``gamma = 1`` (``x sqrt(sigmoid(2x))``, smooth and
-    non-monotonic) are ours.
+    arXiv:2310.10126. UNVERIFIED against the paper. Searched (2026-11): the stored copy
+    ar5iv.labs.arxiv.org/html/2310.10126 (abstract and introduction only, no definition);
+    scholarfeed.org/paper/2310.10126v1 and arXiv digests on GitHub (abstract only); the pages,
+    docs and code corpora for the formula, "Sqish" with the smooth-maximum / Leaky-ReLU wording,
+    the authors' names and the arXiv id; GitHub for an authors' repository (none found). The only
+    definition found is a third-party PyTorch file found by code search (repository not named in
+    the index): ``sqish(x, alpha, beta, gamma) = alpha*x + (1-alpha)*x/torch.sqrt(1 +
+    beta*torch.exp(-2*gamma*(1-alpha)*x))`` with all three as ``nn.Parameter`` (initialised at
+    ``max(1, randn)``, which is not a paper default). This form is that one. The paper's
+    initial values were not found: the defaults ``alpha = 0``, ``beta = 1``, ``gamma = 1``
+    (``x sqrt(sigmoid(2x))``, smooth and non-monotonic) are ours.
     """
 
     def __init__(self, alpha: float = 0.0, beta: float = 1.0, gamma: float = 1.0) -> None:
@@ -102,14 +106,17 @@ class Sqish(nn.Module):
 
 class Swim(nn.Module):
     """Swim ``x/2 (1 + k x / sqrt(1 + k^2 x^2))``, Swish with the logistic gate replaced by the
-    algebraic sigmoid (no exponential), ``k = 0.5`` fixed.
+    algebraic sigmoid (no exponential), ``k = 0.5`` fixed (not trained).
 
     Paper: M. Abdool, T. Dear, "Swim: A General-Purpose, High-Performing, and Efficient Activation
-    Function for Locomotion Control Tasks", arXiv:2303.02640. UNVERIFIED against the paper: the
-    stored copy (ar5iv.labs.arxiv.org/html/2303.02640) is searchable only through its abstract,
-    and code search found no author implementation. The form was written from memory of the
-    paper; a third-party implementation (torch_activation) writes ``x/2 (1 + k x / sqrt(1 +
-    x^2))``, which does not tend to ReLU and is not used here.
+    Function for Locomotion Control Tasks", arXiv:2303.02640. Verified against the authors' code
+    (github.com/maryam-abdool/Swim-Control, whose README says "Swim is defined within the new()
+    function in the TD3.py file"): TD3.py at commit a52bf3c32fdffe817f727ba751e2d4129fb70a33 has
+    ``new(x) = x * ((0.5 * (x*torch.rsqrt(1.0 + torch.pow(0.5 * x, 2))) + 1.0) / 2.0)``, a plain
+    function with no parameter, i.e. this form with ``k = 0.5``. The paper's own text is stored
+    only through its abstract (ar5iv.labs.arxiv.org/html/2303.02640). A third-party
+    implementation (torch_activation) writes ``x/2 (1 + a x / sqrt(1 + x^2))``, which is not the
+    authors' function.
     """
 
     def __init__(self, k: float = 0.5) -> None:
@@ -261,14 +268,21 @@ class NEAF(nn.Module):
     ``alpha relu(x) + c beta |x|^3``, with layer-wise learnable ``alpha`` (initially 1) and
     ``beta`` (initially 0, so training starts from ReLU) and a fixed global strength ``c``.
 
-    Paper: D. Yevick, "Nonlinearity Enhanced Adaptive Activation Function" (arXiv, 29 Mar 2024;
-    the arXiv id was not found in the stored sources). UNVERIFIED: no copy of the paper's text
-    or code was found, only summaries. One (linnk.ai) describes "the standard ReLU function with
-    an additional even cubic nonlinearity term ... two layer-dependent coefficients optimized
-    during training" and a global constant gamma for the cubic strength, which is this form;
-    another (emergentmind.com/topics/rowdy-adaptive-activation-function, formulas stripped) says
-    the activation "remains zero" for negative inputs, which this form is not. Check against the
-    paper before relying on the negative side.
+    Paper: D. Yevick, "Nonlinearity Enhanced Adaptive Activation Function", arXiv:2403.19896
+    (29 Mar 2024; id from an arXiv digest on GitHub, leongxj123/cn-chat-arxiv, cs.NE.md).
+    UNVERIFIED: the paper's text and code were not found. Searched (2026-11): the pages corpus
+    for arxiv.org/abs|html|pdf/2403.19896 and ar5iv (no stored copy), the code corpus and GitHub
+    for an implementation (none). The abstract (quoted in that digest) says "A simply
+    implemented activation function with even cubic nonlinearity ... generalizes the standard
+    RELU function by introducing additional degrees of freedom through optimizable parameters".
+    Summaries: linnk.ai/insight/machine-learning-neural-networks/enhancing-neural-network-
+    accuracy-with-a-novel-adaptive-activation-function-6jRsFkN4 ("the standard ReLU function
+    with an additional even cubic nonlinearity term ... two layer-dependent coefficients
+    optimized during training", a global constant gamma for the cubic strength, and "both odd
+    and even terms in the function"), which is this form; emergentmind.com/topics/
+    rowdy-adaptive-activation-function (formulas stripped) says the activation "remains zero"
+    for negative inputs, which this form is not. Check against the paper before relying on the
+    negative side; the defaults ``alpha = 1``, ``beta = 0``, ``c = 1`` are ours.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, strength: float = 1.0) -> None:

@@ -115,6 +115,9 @@ def test_defaults_are_the_papers_or_documented():
     np.testing.assert_allclose(evaluate(get_activation("lslu"), x), np.maximum(x, 0))  # theta=1, omega=0
     np.testing.assert_allclose(evaluate(get_activation("neaf"), x), np.maximum(x, 0))  # beta=0 starts at ReLU
     np.testing.assert_allclose(evaluate(get_activation("taaf"), x), np.tanh(x))  # identity transform
+    # Swim as the authors' TD3.py new() writes it: x * ((0.5 * x / sqrt(1 + (0.5 x)^2)) + 1) / 2.
+    np.testing.assert_allclose(evaluate(get_activation("swim"), x), x * (0.5 * x / np.sqrt(1 + (0.5 * x) ** 2) + 1) / 2)
+    assert list(get_activation("swim").parameters()) == []  # nothing trained in the authors' code
     np.testing.assert_allclose(evaluate(get_activation("ulu"), x), evaluate(get_activation("aulu"), x))
     # RAF is PAU's function family (version "A"), started near GELU instead of leaky ReLU.
     raf = get_activation("raf")
