@@ -83,8 +83,12 @@ def structured_compile(pann: nn.Module) -> dict:
     compiler._prepare_affine(steps, int(np.prod(SHAPE)), 16384)
     affine = [s for s in steps if isinstance(s, compiler.AffineStep) and not s.identity]
     weight_bytes = sum(w.data.nbytes + w.indices.nbytes + w.indptr.nbytes for s in affine for w in s.weights)
+    from he_backend.lowering import best_baby, choose_keys
+
+    keys = choose_keys([s.shape for s in affine], 16384, max_keys=compiler.MAX_ROTATION_KEYS)
+    babies = [1] + [abs(k) for k in keys.steps if abs(k) > 1]
     return {"plan_weight_bytes": weight_bytes, "diagonals": sum(s.diagonal_count for s in affine),
-            "rotations_baby_64": sum(s.rotations(64) for s in affine)}
+            "rotation_keys": list(keys.steps), "rotations": sum(best_baby(s.shape, keys, babies)[0] for s in affine)}
 
 
 def stage_compile(args) -> dict:

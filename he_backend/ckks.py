@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import tenseal.sealapi as sa
 
+from .lowering.rotations import KeySet
 from .params import CkksParams, ParameterError
 
 Values = Union[float, np.ndarray]
@@ -54,14 +55,17 @@ class Engine:
         self.primes = [m.value() for m in parms.coeff_modulus()][: self.top_level]
         self.relin_keys: sa.RelinKeys | None = None
         self.galois_keys: sa.GaloisKeys | None = None
+        self.keys = KeySet((), self.slots)  # the steps galois_keys holds
         self.counts: Counter = Counter()
 
-    def load_keys(self, relin: bytes, galois: bytes | None) -> None:
-        """Install serialised evaluation keys (validated against this context)."""
+    def load_keys(self, relin: bytes, galois: bytes | None, rotations: Sequence[int] = ()) -> None:
+        """Install serialised evaluation keys (validated against this context); ``galois``
+        holds the keys of the rotation steps ``rotations``."""
         from .serialization import seal_from_bytes
 
         self.relin_keys = seal_from_bytes(sa.RelinKeys, relin, self.context, "relinearisation keys")
         self.galois_keys = None if galois is None else seal_from_bytes(sa.GaloisKeys, galois, self.context, "Galois keys")
+        self.keys = KeySet(tuple(rotations) if galois is not None else (), self.slots)
 
     def use_threads(self, threads: int) -> None:
         """Run up to ``threads`` independent operations at once (``threads - 1`` helpers)."""
@@ -179,11 +183,14 @@ class Engine:
         return out
 
     def rotate(self, ct: sa.Ciphertext, steps: int) -> sa.Ciphertext:
-        """Slots move left by ``steps``: ``out[j] = ct[j + steps]`` (cyclically)."""
-        out = sa.Ciphertext()
-        self.evaluator.rotate_vector(ct, steps, self.galois_keys, out)
-        self._count("rotate")
-        return out
+        """Slots move left by ``steps``: ``out[j] = ct[j + steps]`` (cyclically), composed of
+        the fewest rotations by key steps (``counts["rotate"]`` counts key switches)."""
+        for step in self.keys.path(steps):
+            out = sa.Ciphertext()
+            self.evaluator.rotate_vector(ct, step, self.galois_keys, out)
+            self._count("rotate")
+            ct = out
+        return ct
 
     def rescale_to(self, ct: sa.Ciphertext, level: int, scale: float) -> sa.Ciphertext:
         """``ct`` (at a level above ``level``) moved to exactly (``level``, ``scale``): multiply

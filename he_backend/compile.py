@@ -6,8 +6,9 @@ polynomial's input map ``t = (2x - a - b) / (b - a)``, the shift and scale of de
 activations, batch normalisation), folds the interval maps between composite stages into the
 stage coefficients, places every tensor in the slots (:mod:`he_backend.lowering`: flat or
 strided layouts, several ciphertexts per tensor when it does not fit one), chooses CKKS
-parameters for the network's depth, assigns every step its exact output level and scale, and
-counts the operations, all before anything is encrypted. Weights stay sparse throughout.
+parameters for the network's depth, chooses the Galois keys and each affine map's rotation
+schedule, assigns every step its exact output level and scale, and counts the operations, all
+before anything is encrypted. Weights stay sparse throughout.
 
 The plan is what the server runs; ``plan.client()`` makes the matching client (keys, packing).
 """
@@ -27,7 +28,7 @@ from polyact.poly import ChebPoly, CompositePoly
 
 from .ckks import Engine
 from .layers import AffineStep, PolyStep, ciphertext_count
-from .lowering import Layout, choose_layout
+from .lowering import KeySet, Layout, best_baby, choose_keys, choose_layout
 from .params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth
 from .refresh import CostModel, Cut, MaskPolicy, leakage_bound, refresh_bytes, refresh_precision_bits
 from .segments import place_cuts, poly_values, reset_names, step_levels, value_bounds
@@ -36,6 +37,8 @@ from .serialization import PayloadError, pack, unpack
 PLAN_KIND = "plan"
 LAYOUT_KIND = "plan layout"
 PACKINGS = ("sample", "batch")
+KEY_MEMORY_BUDGET = 2 << 30  # bytes of Galois keys a server holds for one plan (about 9 keys at N = 32768, 20 primes)
+MAX_ROTATION_KEYS = 16
 
 
 def _input_map(polys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +151,7 @@ class Plan:
     params: CkksParams
     input_shape: tuple[int, ...]
     block: int
-    baby: int
+    rotations: tuple[int, ...]  # the Galois key steps the client generates
     steps: list[AffineStep | PolyStep]
     output: str
     output_length: int
@@ -185,10 +188,9 @@ class Plan:
         return by_name[self.output].level if self.output in by_name else self.params.depth + 1
 
     @property
-    def rotations(self) -> list[int]:
-        steps = sorted({1, self.baby, -self.baby}) if self.baby > 1 else [1]
-        needs = any(isinstance(s, AffineStep) and not s.identity and any(k != 0 for k in s.offsets) for s in self.steps)
-        return steps if needs else []
+    def keys(self) -> KeySet:
+        """The Galois key steps with the slot count they rotate in."""
+        return KeySet(tuple(self.rotations), self.params.slots)
 
     def ciphertexts(self, value: str) -> int:
         """Ciphertexts per sample of a value (``"input"`` or a step's name)."""
@@ -200,13 +202,13 @@ class Plan:
     def counts(self) -> list[dict[str, Any]]:
         """Per step: kind, length, output level, ciphertexts per sample, and the ciphertext
         products, plaintext products and rotations per evaluation of the step."""
-        rows = []
+        rows, keys = [], self.keys
         for s in self.steps:
             if isinstance(s, AffineStep):
                 rows.append({"step": s.name, "kind": "identity" if s.identity else "affine", "length": s.length,
                              "level": s.level, "ct_ct_mults": 0, "ciphertexts": self.ciphertexts(s.name),
                              "pt_mults": 0 if s.identity else s.diagonal_count,
-                             "rotations": 0 if s.identity else s.rotations(self.baby)})
+                             "rotations": s.rotations(keys)})
             else:
                 ct = 1 if s.kind == "square" else sum(p.ct_ct_mults for p in s.plans) + (1 if s.product else 0)
                 pt = 0 if s.kind == "square" else sum(p.pt_mults for p in s.plans)
@@ -233,7 +235,7 @@ class Plan:
             "packing": self.packing,
             "block": self.block,
             "samples_per_ciphertext": self.samples_per_ciphertext,
-            "rotations": self.rotations,
+            "rotations": list(self.rotations),
             "input_ciphertexts": self.layout().input_ciphertexts,
             "input_ciphertext_bytes": self.ciphertext_bytes(top, seeded=True),
             "output_ciphertext_bytes": self.ciphertext_bytes(self.output_level),
@@ -308,7 +310,7 @@ class Plan:
                 arrays[f"s{i}_b"] = s.bias
                 steps.append({"type": "affine", "name": s.name, "sources": s.sources, "length": s.length,
                               "shapes": [list(w.shape) for w in s.weights],
-                              "level": s.level, "scale": s.scale, "identity": s.identity})
+                              "level": s.level, "scale": s.scale, "identity": s.identity, "baby": s.baby})
             else:
                 for j, c in enumerate(s.stages):
                     arrays[f"s{i}_c{j}"] = c
@@ -318,7 +320,7 @@ class Plan:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         header = {"params": self.params.to_dict(), "input_shape": list(self.input_shape), "block": self.block,
-                  "baby": self.baby, "output": self.output, "output_length": self.output_length,
+                  "rotations": list(self.rotations), "output": self.output, "output_length": self.output_length,
                   "packing": self.packing, "notes": self.notes, "steps": steps,
                   "cuts": [c.to_dict() for c in self.cuts], "mask": self.mask.to_dict()}
         return pack(PLAN_KIND, header, [buffer.getvalue()])
@@ -335,13 +337,15 @@ class Plan:
                                               arrays[f"s{i}_w{j}_indptr"]), shape=tuple(shape))
                                for j, shape in enumerate(s["shapes"])]
                     steps.append(AffineStep(s["name"], s["sources"], weights, arrays[f"s{i}_b"], s["length"],
-                                            arrays[f"s{i}_pos"], s["level"], s["scale"], s["identity"]))
+                                            arrays[f"s{i}_pos"], s["level"], s["scale"], s["identity"], int(s["baby"])))
                 else:
                     stages = [arrays[f"s{i}_c{j}"] for j in range(s["stages"])]
                     steps.append(PolyStep(s["name"], s["source"], s["length"], s["kind"], stages, s["product"],
                                           s["level"], s["scale"], positions=arrays[f"s{i}_pos"]))
+            if any(s["type"] == "affine" and int(s["baby"]) < 1 for s in header["steps"]):
+                raise ValueError("a giant step below 1")
             plan = cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), header["block"],
-                       header["baby"], steps, header["output"], header["output_length"], header["packing"],
+                       tuple(int(r) for r in header["rotations"]), steps, header["output"], header["output_length"], header["packing"],
                        header["notes"], [Cut.from_dict(c) for c in header.get("cuts", [])],
                        MaskPolicy.from_dict(header["mask"]) if "mask" in header else MaskPolicy())
         except (KeyError, ValueError, TypeError) as exc:
@@ -451,10 +455,20 @@ def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block
         positions[s.name] = s.positions
 
 
-def _choose_baby(steps: list[AffineStep | PolyStep], block: int) -> int:
+def _choose_rotations(steps: list[AffineStep | PolyStep], graph: PolyGraph, params: CkksParams) -> tuple[int, ...]:
+    """Galois key steps for the plan (:func:`he_backend.lowering.choose_keys`, as many as
+    :data:`KEY_MEMORY_BUDGET` holds) and every affine step's cheapest giant step with them."""
     affine = [s for s in steps if isinstance(s, AffineStep) and not s.identity]
-    options = [1 << j for j in range(0, int(math.log2(block)) + 1)]
-    return min(options, key=lambda b: (sum(s.rotations(b) for s in affine), b))
+    sizes = {int(np.prod(n.shape[i:])) for n in graph.nodes.values() if getattr(n, "shape", None)
+             for i in range(1, len(n.shape))}
+    top = params.depth + 1
+    key_bytes = 2 * (top + 1) * top * params.poly_modulus_degree * 8  # one key-switching key in memory
+    max_keys = int(min(MAX_ROTATION_KEYS, max(2, KEY_MEMORY_BUDGET // key_bytes)))
+    keys = choose_keys([s.shape for s in affine], params.slots, sizes, max_keys=max_keys)
+    candidates = [1] + [abs(k) for k in keys.steps if abs(k) > 1]
+    for s in affine:
+        s.baby = best_baby(s.shape, keys, candidates)[1]
+    return keys.steps
 
 
 def _assign_levels(steps: list[AffineStep | PolyStep], top: int, resets: dict[int, set[str]] | None = None) -> int:
@@ -555,7 +569,7 @@ def compile(
     _prepare_affine(steps, int(np.prod(input_shape)), block)
     if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):
         notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")
-    plan = Plan(params, input_shape, block, _choose_baby(steps, block), steps, graph.output, output_length,
+    plan = Plan(params, input_shape, block, _choose_rotations(steps, graph, params), steps, graph.output, output_length,
                 packing, notes, mask=mask or MaskPolicy())
     budget = params.depth if max_levels is None else min(params.depth, max_levels)
     if depth > budget:

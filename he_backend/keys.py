@@ -79,7 +79,7 @@ class KeyHolder:
         public = load_public_context(self._public)
         if public.params != params:
             raise PayloadError(f"the stored public context is for {public.params}, the secret key for {params}")
-        self.engine.load_keys(public.relin_keys, public.galois_keys)
+        self.engine.load_keys(public.relin_keys, public.galois_keys, public.rotations)
 
     def public_context(self) -> bytes:
         """Parameters, relinearisation keys and Galois keys; never the secret key. Always the

@@ -10,16 +10,16 @@ spans ``ceil(F / P)`` ciphertexts.
 
 Affine maps. Tile ``(i, j)`` of the map (output ciphertext ``i``, input ciphertext ``j``) has
 generalised diagonals ``d_k`` (``-P < k < P``, zero where a row would read outside its block):
-``y_i = sum_j sum_k d_{ijk} * rot(x_j, k)``, so no product reads another block. Writing
-``k = g B1 + r`` (``0 <= r < B1``),
+``y_i = sum_j sum_k d_{ijk} * rot(x_j, k)``, so no product reads another block. With the step's
+giant step ``B`` and ``k = g B + r`` (centred ``r``, :mod:`he_backend.lowering.rotations`),
 
-    y_i = sum_g rot( sum_j sum_r rot(d_{ijk}, -g B1) * rot(x_j, r), g B1 ),
+    y_i = sum_g rot( sum_j sum_r rot(d_{ijk}, -g B) * rot(x_j, r), g B ),
 
-needs the rotations of each ``x_j`` by ``r`` (stepping by 1, shared by all outputs) and one
-Horner chain over ``g`` per output (stepping by ``+-B1``): three Galois keys in all. All
-products of a map land on one scale and one rescale finishes it, exactly at the step's target
-``(level, scale)``. Diagonals come from the sparse weights (:mod:`he_backend.lowering`) and
-are only built when a plaintext is first encoded.
+needs the rotations of each ``x_j`` by its distinct residues ``r`` (shared by all outputs) and
+one Horner chain over the distinct ``g`` per output; every rotation is composed of the plan's
+Galois key steps. All products of a map land on one scale and one rescale finishes it, exactly
+at the step's target ``(level, scale)``. Diagonals come from the sparse weights
+(:mod:`he_backend.lowering`) and are only built when a plaintext is first encoded.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import scipy.sparse as sp
 import tenseal.sealapi as sa
 
 from .ckks import Engine
-from .lowering import TileOffsets, rotation_cost, tile_diagonals, tile_offsets
+from .lowering import KeySet, MapShape, TileOffsets, baby_chain, split_offsets, tile_diagonals, tile_offsets
 from .polyeval import PolyEvaluator, PolyPlan, plan_polynomial
 
 
@@ -53,8 +53,8 @@ def ciphertext_count(positions: np.ndarray, block: int) -> int:
 @dataclass
 class AffineStep:
     """``y = sum_i W_i x_i + b`` (folded; sparse ``W_i`` on flattened tensors), output
-    ``length`` values at slot ``positions`` and ``(level, scale)``; ``source_positions`` are
-    the slots of the inputs (set by the plan)."""
+    ``length`` values at slot ``positions`` and ``(level, scale)``, giant step ``baby``;
+    ``source_positions`` are the slots of the inputs (set by the plan)."""
 
     name: str
     sources: list[str]
@@ -65,6 +65,7 @@ class AffineStep:
     level: int = 0
     scale: float = 0.0
     identity: bool = False
+    baby: int = 1
     source_positions: list[np.ndarray] = field(default_factory=list, repr=False)
     tiles: list[TileOffsets] = field(default_factory=list, repr=False)
 
@@ -84,8 +85,14 @@ class AffineStep:
         """Plaintext products per evaluation (one per non-zero tile diagonal)."""
         return sum(offsets.size for tiles in self.tiles for offsets in tiles.values())
 
-    def rotations(self, baby: int) -> int:
-        return rotation_cost(self.tiles, baby)
+    @property
+    def shape(self) -> MapShape:
+        """The offsets the rotation schedule depends on."""
+        return MapShape.of(self.tiles)
+
+    def rotations(self, keys: KeySet) -> int:
+        """Key switches per evaluation with the giant step ``baby`` and these keys."""
+        return 0 if self.identity else self.shape.cost(self.baby, keys)
 
 
 @dataclass
@@ -145,11 +152,10 @@ Values = dict[str, list[sa.Ciphertext]]  # every value: its ciphertexts
 class Runner:
     """Executes affine and polynomial steps with one :class:`Engine` (server side)."""
 
-    def __init__(self, engine: Engine, block: int, baby: int, cache: PlaintextCache | None = None) -> None:
+    def __init__(self, engine: Engine, block: int, cache: PlaintextCache | None = None) -> None:
         self.engine = engine
         self.block = block
         self.blocks = engine.slots // block
-        self.baby = baby
         self.cache = cache if cache is not None else PlaintextCache()
         self.poly = PolyEvaluator(engine)
 
@@ -175,43 +181,39 @@ class Runner:
 
             for j, ct in enumerate(values[source]):
                 x = e.mod_switch(ct, pre)
-                by_r: dict[int, list[tuple[int, int]]] = {}
+                by_r: dict[int, list[tuple[int, int, int]]] = {}
                 for (i, tile_j), offsets in step.tiles[s].items():
                     if tile_j == j:
-                        for k in offsets.tolist():
-                            by_r.setdefault(k % self.baby, []).append((i, k))
-                rotated = x
-                for r in range(max(by_r, default=0) + 1):
+                        g, r = split_offsets(offsets, step.baby)
+                        for k, gk, rk in zip(offsets.tolist(), g.tolist(), r.tolist()):
+                            by_r.setdefault(rk, []).append((i, k, gk))
+                rotated = {0: x}
+                for r, origin in [(0, 0)] + baby_chain(by_r, e.keys):
                     if r:
-                        rotated = e.rotate(rotated, 1)
-                    for i, k in by_r.get(r, []):
-                        g = k // self.baby
+                        rotated = {r: e.rotate(rotated[origin], r - origin), 0: x}  # x and the latest only
+                    for i, k, g in by_r.get(r, []):
                         pt = self.cache.get((step.name, s, i, j, k, x.scale, pre), lambda: e.encode(
-                            np.roll(self._slots(diagonal(i, j, k)), g * self.baby), target / x.scale, pre),
+                            np.roll(self._slots(diagonal(i, j, k)), g * step.baby), target / x.scale, pre),
                             size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
-                        term, sums = e.mul_plaintext(rotated, pt), inner.setdefault(i, {})
+                        term, sums = e.mul_plaintext(rotated[r], pt), inner.setdefault(i, {})
                         sums[g] = term if g not in sums else e.add(sums[g], term)  # summed at once: bounded memory
         finished = [e.submit(self._finish, step, i, inner.get(i))  # output ciphertexts are independent
                     for i in range(ciphertext_count(step.positions, self.block))]
         return [f.result() for f in finished]
 
     def _finish(self, step: AffineStep, index: int, sums: dict[int, sa.Ciphertext] | None) -> sa.Ciphertext:
-        """Giant steps, bias and the rescale of output ciphertext ``index``."""
+        """Giant steps (Horner over the distinct ``g``, descending), bias and the rescale of
+        output ciphertext ``index``."""
         e = self.engine
         if not sums:
             raise ValueError(f"{step.name}: output ciphertext {index} depends on no input (an all-zero weight block); "
                              "the server cannot create a ciphertext without one")
-        total = sums.get(0)
-        for sign in (1, -1):
-            giants = sorted((g for g in sums if g * sign > 0), key=abs)
-            if not giants:
-                continue
-            acc = None
-            for g in range(giants[-1], 0, -1) if sign > 0 else range(giants[-1], 0):
-                acc = sums[g] if acc is None else (e.add(e.rotate(acc, sign * self.baby), sums[g]) if g in sums
-                                                     else e.rotate(acc, sign * self.baby))
-            acc = e.rotate(acc, sign * self.baby)
-            total = acc if total is None else e.add(total, acc)
+        giants = sorted(sums, reverse=True)
+        total = sums[giants[0]]
+        for high, low in zip(giants, giants[1:]):
+            total = e.add(e.rotate(total, (high - low) * step.baby), sums[low])
+        if giants[-1]:
+            total = e.rotate(total, giants[-1] * step.baby)
         bias = slot_vector(step.bias, step.positions, self.block, index)
         if np.any(bias):
             total = e.add_plain(total, self._slots(bias))

@@ -60,8 +60,8 @@ class Server:
         self.plan = plan
         self.fingerprint = key_fingerprint(public_context)
         self.engine = Engine(plan.params)
-        self.engine.load_keys(public.relin_keys, public.galois_keys)
-        self.runner = Runner(self.engine, plan.block, plan.baby, cache)
+        self.engine.load_keys(public.relin_keys, public.galois_keys, public.rotations)
+        self.runner = Runner(self.engine, plan.block, cache)
         if flood_std < 0:
             raise ValueError(f"flood_std must be >= 0, got {flood_std}")
         self.flood_std = flood_std

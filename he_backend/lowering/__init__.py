@@ -1,7 +1,10 @@
 """PANN -> encrypted steps, built from layer structure: slot layouts of tensors (flat or
 strided "gap" layouts, several ciphertexts per tensor) and the generalised diagonals of sparse
-affine maps in those layouts, without any dense n x n matrix."""
-from .diagonals import TileOffsets, rotation_cost, tile_diagonals, tile_offsets
+affine maps in those layouts, without any dense n x n matrix, and the Galois keys and rotation
+schedule of those maps."""
+from .diagonals import TileOffsets, tile_diagonals, tile_offsets
 from .layout import Layout, choose_layout, count_diagonals
+from .rotations import KeySet, MapShape, baby_chain, best_baby, choose_keys, split_offsets
 
-__all__ = ["Layout", "TileOffsets", "choose_layout", "count_diagonals", "rotation_cost", "tile_diagonals", "tile_offsets"]
+__all__ = ["KeySet", "Layout", "MapShape", "TileOffsets", "baby_chain", "best_baby", "choose_keys", "choose_layout",
+           "count_diagonals", "split_offsets", "tile_diagonals", "tile_offsets"]

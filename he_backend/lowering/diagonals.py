@@ -51,20 +51,3 @@ def tile_diagonals(weight: sp.spmatrix, pos_in: np.ndarray, pos_out: np.ndarray,
         table = sp.csr_matrix((data[mask], (np.searchsorted(offsets, k[mask]), row[mask])), shape=(offsets.size, block))
         out[tile] = (offsets, table)  # (k, row) is unique per entry: nothing is summed
     return out
-
-
-def rotation_cost(sources: list[TileOffsets], baby: int) -> int:
-    """Rotations of the baby-step giant-step scheme with baby step ``baby``: per input
-    ciphertext, rotations by 1 up to the largest ``k mod baby``; per output ciphertext, giant
-    rotations by ``+-baby`` up to the extreme ``k // baby``."""
-    babies: dict[tuple[int, int], int] = {}
-    giants: dict[int, tuple[int, int]] = {}
-    for s, tiles in enumerate(sources):
-        for (i, j), offsets in tiles.items():
-            if offsets.size == 0:
-                continue
-            babies[(s, j)] = max(babies.get((s, j), 0), int((offsets % baby).max()))
-            g = offsets // baby
-            low, high = giants.get(i, (0, 0))
-            giants[i] = (min(low, int(g.min())), max(high, int(g.max())))
-    return sum(babies.values()) + sum(high - low for low, high in giants.values())

@@ -1,0 +1,90 @@
+"""Galois key choice and rotation schedules (he_backend.lowering.rotations), against plain
+breadth-first searches and direct counts written here."""
+from collections import deque
+
+import numpy as np
+import pytest
+
+from he_backend.lowering import KeySet, MapShape, choose_keys, split_offsets, tile_offsets
+from polyact.linear_maps import conv_matrix
+
+
+def shortest_rotations(keys, slots):
+    """Key switches to reach every amount mod ``slots`` (a plain queue-based search)."""
+    dist = {0: 0}
+    queue = deque([0])
+    while queue:
+        d = queue.popleft()
+        for k in keys:
+            e = (d + k) % slots
+            if e not in dist:
+                dist[e] = dist[d] + 1
+                queue.append(e)
+    return dist
+
+
+@pytest.mark.parametrize("keys", [(1,), (1, -1), (1, -4, 8, 13), (-3, 5)])
+def test_key_set_costs_are_shortest_paths_and_paths_compose(keys):
+    slots = 64
+    reference = shortest_rotations(keys, slots)
+    key_set = KeySet(keys, slots)
+    for amount in range(-slots, slots):
+        assert key_set.cost(amount) == reference[amount % slots]
+        path = key_set.path(amount)
+        assert len(path) == reference[amount % slots] and set(path) <= set(keys)
+        assert sum(path) % slots == amount % slots
+
+
+def test_a_rotation_the_keys_cannot_make_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="plan.rotations"):
+        KeySet((2, -2), 16).path(3)
+
+
+def test_offsets_split_into_giant_steps_and_centred_residues():
+    offsets = np.random.default_rng(0).integers(-5000, 5000, 400)
+    for baby in (1, 2, 7, 32, 1024):
+        g, r = split_offsets(offsets, baby)
+        assert np.array_equal(g * baby + r, offsets)
+        assert np.all((-(baby // 2) <= r) & (r < baby - baby // 2))
+
+
+def conv_shape(channels, side, block):
+    kernel = np.random.default_rng(1).normal(size=(channels, channels, 3, 3))
+    weight, _ = conv_matrix(kernel, (channels, side, side), (1, 1), (1, 1), (1, 1), 1)
+    positions = np.arange(channels * side * side)
+    return MapShape.of([tile_offsets(weight, positions, positions, block)])
+
+
+def count_schedule(offsets, baby, keys):
+    """Key switches of the schedule, counted rotation by rotation as the runner makes them."""
+    residues = sorted({int(k - baby * np.floor_divide(k + baby // 2, baby)) for k in offsets} - {0})
+    count, previous = 0, 0
+    for r in residues:
+        from_previous = keys.cost(r - previous) if previous else None
+        count += int(min(keys.cost(r), from_previous) if from_previous is not None else keys.cost(r))
+        previous = r
+    giants = sorted({int(np.floor_divide(k + baby // 2, baby)) for k in offsets}, reverse=True)
+    count += sum(int(keys.cost((a - b) * baby)) for a, b in zip(giants, giants[1:]))
+    return count + int(keys.cost(giants[-1] * baby))
+
+
+def test_convolution_schedule_uses_plane_and_row_keys():
+    """A 3x3 convolution over 16 channels of 32 x 32 in one 16384-slot ciphertext: with keys
+    +-1, +-32, +-1024 and giant step 1024 (residues ``32 dy + dx``), 10 baby key switches and
+    31 giant ones; stepping by 1 up to every residue would cost more than 300."""
+    shape = conv_shape(16, 32, 16384)
+    keys = KeySet((-1024, -32, -1, 1, 32, 1024), 16384)
+    offsets = shape.inputs[0]
+    assert shape.cost(1024, keys) == count_schedule(offsets, 1024, keys) == 10 + 31
+    assert min(shape.cost(b, KeySet((1, -1), 16384)) for b in (64, 128, 256)) > 300
+
+
+def test_chosen_keys_make_convolutions_cheap_within_the_key_limit():
+    """Six keys for two convolutions (16 x 32 x 32 and 4 x 8 x 8): a few dozen key switches,
+    against more than 300 for the first alone with keys +-1."""
+    shapes = [conv_shape(16, 32, 16384), conv_shape(4, 8, 16384)]
+    keys = choose_keys(shapes, 16384, sizes=(32, 1024, 8, 64), max_keys=6)
+    assert len(keys.steps) <= 6
+    cost = sum(min(s.cost(b, keys) for b in [1] + [abs(k) for k in keys.steps]) for s in shapes)
+    assert cost <= 80
+    assert choose_keys([], 16384).steps == ()
