@@ -9,11 +9,14 @@ stdin/stdout (no pickle). Requests are interleaved (polyact, Orion, polyact, ...
 ``--rounds`` rounds of ``--samples`` images; per network the script reports the median server
 time per sample and its range, the per-request ratio polyact / Orion (median and range),
 precision in bits of each side against the exact-GELU torch network, levels used, request sizes
-and compile times.
+and compile times. ``--polyact-workers 2`` adds the arm ``polyact_2p``: the same polyact server
+sharing every request with a partner process (:mod:`he_backend.workers`, two cores), reported
+as the ratio polyact (one process) / polyact_2p.
 
 Orion lives in its own virtual environment (it pins torch 2.14.1 + torchvision):
     python3 -m venv orion-venv && orion-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 orion-fhe==1.0.2
 Usage: python benchmarks/bench_peers.py --orion-python orion-venv/bin/python [--rounds 3] [--samples 4]
+       [--polyact-workers 2]
 Without ``--orion-python`` Orion is skipped (polyact's numbers are still printed).
 Ends with one JSON line (a list of dicts, one per network).
 """
@@ -88,17 +91,19 @@ class PolyactWorker:
             plan = he_backend.compile(pann.double().eval(), INPUT_SHAPE, "sample")
             compile_s = time.perf_counter() - start
             client = plan.client()
-            server = he_backend.Server(plan, client.public_context())
-            self.nets[name] = {"plan": plan, "client": client, "server": server}
+            servers = {1: he_backend.Server(plan, client.public_context())}
+            if request.get("workers", 1) > 1:  # a second server that shares each request with a partner process
+                servers[2] = he_backend.Server(plan, client.public_context(), workers=2)
+            self.nets[name] = {"plan": plan, "client": client, "servers": servers}
             return {"compile_s": compile_s, "levels": plan.depth, "N": plan.params.poly_modulus_degree,
                     "scale_bits": plan.params.scale_bits, "coeff_bits": list(plan.params.coeff_bits),
                     **plan.report()["totals"]}
         net = self.nets[request["network"]]
         x = arrays["x_test"][request["index"]: request["index"] + 1]
         payload = net["client"].encrypt(x)
-        net["server"].engine.use_threads(request.get("threads", 1))
+        server = net["servers"][request.get("workers", 1)]
         start = time.perf_counter()
-        response = net["server"].run(payload)
+        response = server.run(payload)
         seconds = time.perf_counter() - start
         return {"server_s": seconds, "output": net["client"].decrypt(response)[0].tolist(),
                 "request_bytes": len(payload)}
@@ -265,8 +270,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="test images per round")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--orion-logn", type=int, default=14, help="largest ring for Orion (log2 N)")
-    parser.add_argument("--polyact-threads", type=int, default=1,
-                        help="also time polyact with this many threads per request (an extra interleaved arm)")
+    parser.add_argument("--polyact-workers", type=int, default=1, choices=[1, 2],
+                        help="2: also time polyact with a partner process per request (two cores; an extra arm)")
     parser.add_argument("--orion-levels", nargs="+", default=["mlp=5", "cnn=11"],
                         help="primes above the base prime Orion gets per network (what its compile asks for)")
     args = parser.parse_args()
@@ -301,7 +306,8 @@ def main() -> None:
         print(f"Orion skipped: pass --orion-python PATH to a venv made with:\n  {ORION_VENV_HINT}", flush=True)
     rows = []
     for name in args.networks:
-        setup = {"polyact": workers["polyact"].ask(op="setup", network=name, npz=str(npz), degree=args.degree)}
+        setup = {"polyact": workers["polyact"].ask(op="setup", network=name, npz=str(npz), degree=args.degree,
+                                                   workers=args.polyact_workers)}
         if "orion" in workers:
             levels = int(dict(v.split("=") for v in args.orion_levels)[name])
             logn, scale_bits = _orion_ring(levels, setup["polyact"]["scale_bits"], args.orion_logn)
@@ -309,8 +315,8 @@ def main() -> None:
                                                   logn=logn, scale_bits=scale_bits, levels=levels)
             setup["orion"]["scale_bits"] = scale_bits
         arms = {"polyact": ("polyact", 1)}
-        if args.polyact_threads > 1:
-            arms[f"polyact_{args.polyact_threads}t"] = ("polyact", args.polyact_threads)
+        if args.polyact_workers > 1:
+            arms["polyact_2p"] = ("polyact", 2)
         if "orion" in workers:
             arms["orion"] = ("orion", 1)
         times = {a: [] for a in arms}
@@ -320,8 +326,8 @@ def main() -> None:
         for round_ in range(args.rounds):
             load.append(os.getloadavg()[0])
             for i in range(args.samples):
-                for arm, (kind, threads) in arms.items():
-                    reply = workers[kind].ask(op="infer", network=name, npz=str(npz), index=i, threads=threads)
+                for arm, (kind, processes) in arms.items():
+                    reply = workers[kind].ask(op="infer", network=name, npz=str(npz), index=i, workers=processes)
                     times[arm].append(reply["server_s"])
                     outputs[arm][i] = reply["output"]
                     sizes[arm] = reply["request_bytes"]
@@ -330,15 +336,15 @@ def main() -> None:
         labels = digits.y_test[: args.samples].numpy()
         row = {"network": f"{name}/gelu", "degree": args.degree, "rounds": args.rounds, "samples": args.samples,
                "load_1min": _spread(load)}
-        for arm, (kind, threads) in arms.items():
+        for arm, (kind, processes) in arms.items():
             out = np.array([outputs[arm][i] for i in range(args.samples)])
             c = compare(out, ref, labels)
-            row[arm] = {"server_s": _spread(times[arm]), "precision_bits": c["precision_bits"], "threads": threads,
+            row[arm] = {"server_s": _spread(times[arm]), "precision_bits": c["precision_bits"], "processes": processes,
                         "agreement": c["agreement"], "request_bytes": sizes[arm], **setup[kind]}
             if kind == "orion":
                 row[arm]["levels"] = orion_levels
         for arm in arms:
-            if arm != "polyact":  # per request, interleaved: polyact (1 thread) over this arm
+            if arm != "polyact":  # per request, interleaved: polyact (1 process) over this arm
                 row[f"ratio_polyact_over_{arm}"] = _spread([p / o for p, o in zip(times["polyact"], times[arm])])
         rows.append(row)
         _print_row(row)

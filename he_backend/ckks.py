@@ -10,10 +10,8 @@ Rescaling a ciphertext at level ``n`` divides its scale by ``prime(n)``, the las
 """
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -28,14 +26,12 @@ class Engine:
     """SEAL context, encoder and evaluator for one :class:`CkksParams`; counts operations in
     ``counts`` (``ct_ct_mul``, ``pt_mul``, ``rotate``, ``rescale``, ``add``).
 
-    ``threads > 1`` lets callers run independent operations concurrently with :meth:`submit`
-    (SEAL's calls through ``tenseal.sealapi`` release the GIL, so two threads use two cores)."""
+    ``tenseal.sealapi`` holds the GIL through SEAL's calls (two threads of SEAL operations take
+    as long as one), so an engine is used from one thread; :mod:`he_backend.workers` shares a
+    request between processes instead."""
 
-    def __init__(self, params: CkksParams, threads: int = 1) -> None:
+    def __init__(self, params: CkksParams) -> None:
         self.params = params
-        self._pool: ThreadPoolExecutor | None = None
-        self._count_lock = threading.Lock()
-        self.use_threads(threads)
         parms = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(params.poly_modulus_degree)
         parms.set_coeff_modulus(sa.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_bits)))
@@ -67,26 +63,8 @@ class Engine:
         self.galois_keys = None if galois is None else seal_from_bytes(sa.GaloisKeys, galois, self.context, "Galois keys")
         self.keys = KeySet(tuple(rotations) if galois is not None else (), self.slots)
 
-    def use_threads(self, threads: int) -> None:
-        """Run up to ``threads`` independent operations at once (``threads - 1`` helpers)."""
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
-        if self._pool is not None:
-            self._pool.shutdown()
-        self.threads = threads
-        self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """``fn(*args)`` on a helper thread when ``threads > 1``, else now; a future either way."""
-        if self._pool is not None:
-            return self._pool.submit(fn, *args)
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
-
     def _count(self, name: str) -> None:
-        with self._count_lock:
-            self.counts[name] += 1
+        self.counts[name] += 1
 
     # ---- bookkeeping ---------------------------------------------------------------------
     @staticmethod

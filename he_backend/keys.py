@@ -72,7 +72,9 @@ class KeyHolder:
         if _public is None:  # fresh evaluation keys; a restored holder keeps its own (same fingerprint)
             sections = [seal_to_bytes(self.engine.parameters), seal_to_bytes(generator.create_relin_keys())]
             if self.rotations:
-                sections.append(seal_to_bytes(generator.create_galois_keys(self.rotations)))
+                tool = self.engine.context.key_context_data().galois_tool()
+                elements = [tool.get_elt_from_step(step) for step in self.rotations]  # never a list the
+                sections.append(seal_to_bytes(generator.create_galois_keys(elements)))  # binding reads as elements
             _public = pack(PUBLIC_KIND, {"scale_bits": params.scale_bits, "rotations": self.rotations}, sections)
         self._public = bytes(_public)
         self.fingerprint = key_fingerprint(self._public)

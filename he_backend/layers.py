@@ -17,7 +17,8 @@ giant step ``B`` and ``k = g B + r`` (centred ``r``, :mod:`he_backend.lowering.r
 
 needs the rotations of each ``x_j`` by its distinct residues ``r`` (shared by all outputs) and
 one Horner chain over the distinct ``g`` per output; every rotation is composed of the plan's
-Galois key steps. All products of a map land on one scale and one rescale finishes it, exactly
+Galois key steps. The giant steps are cut into runs whose sums two processes can make apart
+(:meth:`Runner.partial`). All products of a map land on one scale and one rescale finishes it, exactly
 at the step's target ``(level, scale)``. Diagonals come from the sparse weights
 (:mod:`he_backend.lowering`) and are only built when a plaintext is first encoded.
 """
@@ -25,14 +26,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import scipy.sparse as sp
 import tenseal.sealapi as sa
 
 from .ckks import Engine
-from .lowering import KeySet, MapShape, TileOffsets, baby_chain, split_offsets, tile_diagonals, tile_offsets
+from .lowering import KeySet, MapShape, TileOffsets, baby_chain, giant_runs, split_offsets, tile_diagonals, tile_offsets
+from .lowering.rotations import GIANT_RUNS
 from .polyeval import PolyEvaluator, PolyPlan, plan_polynomial
 
 
@@ -89,6 +91,14 @@ class AffineStep:
     def shape(self) -> MapShape:
         """The offsets the rotation schedule depends on."""
         return MapShape.of(self.tiles)
+
+    def giant_runs(self) -> dict[int, list[list[int]]]:
+        """Per output ciphertext, its distinct giant steps cut into runs (descending each)."""
+        groups: dict[int, list[np.ndarray]] = {}
+        for tiles in self.tiles:
+            for (i, _), offsets in tiles.items():
+                groups.setdefault(i, []).append(split_offsets(offsets, self.baby)[0])
+        return {i: giant_runs(np.concatenate(g).tolist()) for i, g in sorted(groups.items())}
 
     def rotations(self, keys: KeySet) -> int:
         """Key switches per evaluation with the giant step ``baby`` and these keys."""
@@ -150,9 +160,11 @@ Values = dict[str, list[sa.Ciphertext]]  # every value: its ciphertexts
 
 
 class Runner:
-    """Executes affine and polynomial steps with one :class:`Engine` (server side)."""
+    """Executes affine and polynomial steps with one :class:`Engine` (server side); with a
+    ``partner`` process, every affine map is shared with it (:mod:`he_backend.workers`)."""
 
-    def __init__(self, engine: Engine, block: int, cache: PlaintextCache | None = None) -> None:
+    def __init__(self, engine: Engine, block: int, cache: PlaintextCache | None = None, partner: Any = None) -> None:
+        self.partner = partner  # a he_backend.workers.Partner computing giant-step runs 1.. of every map
         self.engine = engine
         self.block = block
         self.blocks = engine.slots // block
@@ -164,60 +176,80 @@ class Runner:
         return np.tile(values, self.blocks)
 
     def affine(self, step: AffineStep, values: Values) -> list[sa.Ciphertext]:
-        e = self.engine
         if step.identity:
             return values[step.sources[0]]
+        if self.partner is None:
+            return self.combine(step, self.partial(step, values, range(GIANT_RUNS)))
+        self.partner.start(step, values)
+        mine = self.partial(step, values, [0])
+        theirs = self.partner.result(self.engine.context)
+        return self.combine(step, {i: mine.get(i, []) + theirs.get(i, []) for i in mine.keys() | theirs.keys()})
+
+    def partial(self, step: AffineStep, values: Values, runs: Iterable[int]) -> dict[int, list[sa.Ciphertext]]:
+        """Per output ciphertext, the sums of the giant-step runs ``runs`` (not yet rescaled):
+        all baby rotations, then the products and the Horner chain of each of these runs."""
+        e = self.engine
+        runs = set(runs)
         pre = step.level + 1
         target = step.scale * e.prime(pre)
-        inner: dict[int, dict[int, sa.Ciphertext]] = {}  # output ciphertext -> giant step -> sum of terms
+        giants = step.giant_runs()
+        run_of = {(i, g): n for i, chains in giants.items() for n, chain in enumerate(chains) for g in chain}
+        sums: dict[int, dict[int, sa.Ciphertext]] = {}  # output ciphertext -> giant step -> sum of terms
         for s, source in enumerate(step.sources):
             tables: dict = {}
 
-            def diagonal(i: int, j: int, k: int, s: int = s, tables: dict = tables) -> np.ndarray:
-                if not tables:
-                    tables.update(step.diagonals(s, self.block))
-                offsets, table = tables[(i, j)]
-                return table[int(np.searchsorted(offsets, k))].toarray().ravel()
+            def plaintext(i: int, j: int, k: int, g: int, x_scale: float, s: int = s, tables: dict = tables) -> sa.Plaintext:
+                """Diagonal ``k`` of tile ``(i, j)`` rotated by ``-g B``, encoded (cached)."""
+                def make() -> sa.Plaintext:
+                    if not tables:
+                        tables.update(step.diagonals(s, self.block))
+                    offsets, table = tables[(i, j)]
+                    values = table[int(np.searchsorted(offsets, k))].toarray().ravel()
+                    return e.encode(np.roll(self._slots(values), g * step.baby), target / x_scale, pre)
+                return self.cache.get((step.name, s, i, j, k, x_scale, pre), make,
+                                      size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
 
             for j, ct in enumerate(values[source]):
                 x = e.mod_switch(ct, pre)
-                by_r: dict[int, list[tuple[int, int, int]]] = {}
+                terms: dict[int, list[tuple[int, int, int]]] = {}  # residue -> (output ct, offset, giant step)
                 for (i, tile_j), offsets in step.tiles[s].items():
                     if tile_j == j:
                         g, r = split_offsets(offsets, step.baby)
                         for k, gk, rk in zip(offsets.tolist(), g.tolist(), r.tolist()):
-                            by_r.setdefault(rk, []).append((i, k, gk))
+                            terms.setdefault(rk, []).append((i, k, gk))
                 rotated = {0: x}
-                for r, origin in [(0, 0)] + baby_chain(by_r, e.keys):
+                for r, origin in baby_chain(terms, e.keys):  # the whole chain: the same rotations for any runs
                     if r:
                         rotated = {r: e.rotate(rotated[origin], r - origin), 0: x}  # x and the latest only
-                    for i, k, g in by_r.get(r, []):
-                        pt = self.cache.get((step.name, s, i, j, k, x.scale, pre), lambda: e.encode(
-                            np.roll(self._slots(diagonal(i, j, k)), g * step.baby), target / x.scale, pre),
-                            size=8 * e.params.poly_modulus_degree * pre)  # bytes of a plaintext at level pre
-                        term, sums = e.mul_plaintext(rotated[r], pt), inner.setdefault(i, {})
-                        sums[g] = term if g not in sums else e.add(sums[g], term)  # summed at once: bounded memory
-        finished = [e.submit(self._finish, step, i, inner.get(i))  # output ciphertexts are independent
-                    for i in range(ciphertext_count(step.positions, self.block))]
-        return [f.result() for f in finished]
+                    for i, k, g in terms[r]:
+                        if run_of[(i, g)] in runs:
+                            term, mine = e.mul_plaintext(rotated[r], plaintext(i, j, k, g, x.scale)), sums.setdefault(i, {})
+                            mine[g] = term if g not in mine else e.add(mine[g], term)  # summed at once: bounded memory
+        return {i: [self._horner(sums[i], chain, step.baby) for n, chain in enumerate(chains) if n in runs]
+                for i, chains in giants.items()}
 
-    def _finish(self, step: AffineStep, index: int, sums: dict[int, sa.Ciphertext] | None) -> sa.Ciphertext:
-        """Giant steps (Horner over the distinct ``g``, descending), bias and the rescale of
-        output ciphertext ``index``."""
+    def combine(self, step: AffineStep, partials: dict[int, list[sa.Ciphertext]]) -> list[sa.Ciphertext]:
+        """Output ciphertexts from the sums of all giant-step runs: added, biased, rescaled."""
         e = self.engine
-        if not sums:
-            raise ValueError(f"{step.name}: output ciphertext {index} depends on no input (an all-zero weight block); "
-                             "the server cannot create a ciphertext without one")
-        giants = sorted(sums, reverse=True)
+        out = []
+        for i in range(ciphertext_count(step.positions, self.block)):
+            if not partials.get(i):
+                raise ValueError(f"{step.name}: output ciphertext {i} depends on no input (an all-zero weight block); "
+                                 "the server cannot create a ciphertext without one")
+            total = e.sum_terms(partials[i])
+            bias = slot_vector(step.bias, step.positions, self.block, i)
+            if np.any(bias):
+                total = e.add_plain(total, self._slots(bias))
+            out.append(e.rescale(total))
+        return out
+
+    def _horner(self, sums: dict[int, sa.Ciphertext], giants: list[int], baby: int) -> sa.Ciphertext:
+        """``sum_g rot(sums[g], g B)`` over one descending run of giant steps ``g``."""
+        e = self.engine
         total = sums[giants[0]]
         for high, low in zip(giants, giants[1:]):
-            total = e.add(e.rotate(total, (high - low) * step.baby), sums[low])
-        if giants[-1]:
-            total = e.rotate(total, giants[-1] * step.baby)
-        bias = slot_vector(step.bias, step.positions, self.block, index)
-        if np.any(bias):
-            total = e.add_plain(total, self._slots(bias))
-        return e.rescale(total)
+            total = e.add(e.rotate(total, (high - low) * baby), sums[low])
+        return e.rotate(total, giants[-1] * baby) if giants[-1] else total
 
     def polynomial(self, step: PolyStep, values: Values) -> list[sa.Ciphertext]:
         return [self._polynomial(step, x, i) for i, x in enumerate(values[step.source])]

@@ -8,7 +8,6 @@ originals back. Primitives are SEAL's calls: ``rotate`` (``rotate_vector``, a ke
 """
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
@@ -33,7 +32,6 @@ class _Timed:
 
     def __init__(self, target: Any, calls: Counter, seconds: defaultdict) -> None:
         self._target, self._calls, self._seconds = target, calls, seconds
-        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._target, name)
@@ -47,9 +45,8 @@ class _Timed:
                 return attribute(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - start
-                with self._lock:  # calls may come from an engine's helper threads
-                    self._seconds[primitive] += elapsed
-                    self._calls[primitive] += 1
+                self._seconds[primitive] += elapsed
+                self._calls[primitive] += 1
 
         return timed
 
@@ -99,12 +96,12 @@ class Profile:
         return "\n".join(lines)
 
 
-def profile(plan, x: np.ndarray, *, warmup: int = 1, threads: int = 1) -> Profile:
+def profile(plan, x: np.ndarray, *, warmup: int = 1) -> Profile:
     """Encrypt one sample ``x`` (``input_shape``) for ``plan``, run the plan's steps on it with a
     server holding the public context only, and time each step and each SEAL primitive.
     ``warmup`` runs first fill the plaintext cache, as in a serving process; ``warmup=0``
-    includes the first request's encodes. With ``threads > 1`` independent operations overlap,
-    so primitive seconds (summed over threads) can exceed a step's wall time."""
+    includes the first request's encodes. One process (a partner process's work would not be
+    counted here)."""
     from .client import CIPHERTEXTS, Client
     from .serialization import seal_from_bytes, unpack
     from .server import Server
@@ -113,7 +110,6 @@ def profile(plan, x: np.ndarray, *, warmup: int = 1, threads: int = 1) -> Profil
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     client = Client(plan)
     server = Server(plan, client.public_context())
-    server.engine.use_threads(threads)
     _, blobs = unpack(client.encrypt(np.asarray(x, dtype=np.float64)[None]), CIPHERTEXTS)
     cts = [seal_from_bytes(sa.Ciphertext, blob, server.engine.context, "ciphertext")
            for blob in blobs[: plan.ciphertexts("input")]]  # the first input's ciphertexts

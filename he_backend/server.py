@@ -21,6 +21,7 @@ from .keys import key_fingerprint, load_public_context
 from .layers import AffineStep, PlaintextCache, Runner, Values
 from .refresh import REPLY_KIND, REQUEST_KIND, check_count, flood, mask, new_token, unmask
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
+from .workers import Partner
 
 MAX_PENDING = 8  # inferences a server keeps waiting for refresh replies (the oldest is dropped)
 
@@ -44,10 +45,12 @@ class _Job:
 class Server:
     """Holds a :class:`Plan` and a public context (refused if it contains a secret key);
     :meth:`run` maps the client's ciphertext bytes to result bytes. Servers of one plan may
-    share a :class:`~he_backend.layers.PlaintextCache` (encoded weights)."""
+    share a :class:`~he_backend.layers.PlaintextCache` (encoded weights). ``workers=2`` shares
+    every affine map of a request with a partner process (:mod:`he_backend.workers`): two
+    cores, the same bytes out; :meth:`close` stops it."""
 
     def __init__(self, plan: Plan, public_context: bytes, cache: PlaintextCache | None = None, *,
-                 flood_std: float = 0.0) -> None:
+                 flood_std: float = 0.0, workers: int = 1) -> None:
         public = load_public_context(public_context)
         if public.params != plan.params:
             raise PayloadError(
@@ -61,11 +64,19 @@ class Server:
         self.fingerprint = key_fingerprint(public_context)
         self.engine = Engine(plan.params)
         self.engine.load_keys(public.relin_keys, public.galois_keys, public.rotations)
-        self.runner = Runner(self.engine, plan.block, cache)
         if flood_std < 0:
             raise ValueError(f"flood_std must be >= 0, got {flood_std}")
+        if workers not in (1, 2):
+            raise ValueError(f"workers must be 1 or 2 (processes per request), got {workers!r}")
+        partner = Partner(plan.to_bytes(), public_context) if workers == 2 else None
+        self.runner = Runner(self.engine, plan.block, cache, partner)
         self.flood_std = flood_std
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
+
+    def close(self) -> None:
+        """Stop the partner process, if any (a server without one has nothing to stop)."""
+        if self.runner.partner is not None:
+            self.runner.partner.close()
 
     @classmethod
     def from_bytes(cls, plan_bytes: bytes, public_context: bytes, **kwargs) -> "Server":

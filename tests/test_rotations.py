@@ -55,17 +55,22 @@ def conv_shape(channels, side, block):
     return MapShape.of([tile_offsets(weight, positions, positions, block)])
 
 
-def count_schedule(offsets, baby, keys):
-    """Key switches of the schedule, counted rotation by rotation as the runner makes them."""
-    residues = sorted({int(k - baby * np.floor_divide(k + baby // 2, baby)) for k in offsets} - {0})
-    count, previous = 0, 0
-    for r in residues:
-        from_previous = keys.cost(r - previous) if previous else None
-        count += int(min(keys.cost(r), from_previous) if from_previous is not None else keys.cost(r))
-        previous = r
-    giants = sorted({int(np.floor_divide(k + baby // 2, baby)) for k in offsets}, reverse=True)
-    count += sum(int(keys.cost((a - b) * baby)) for a, b in zip(giants, giants[1:]))
-    return count + int(keys.cost(giants[-1] * baby))
+def count_schedule(offsets, baby, keys, runs=2):
+    """Key switches of the schedule, counted rotation by rotation as the runner makes them: the
+    sorted residues and giant steps are each cut into ``runs`` runs of nearly equal length."""
+    g = np.floor_divide(offsets + baby // 2, baby)
+    count = 0
+    for part in np.array_split(np.unique(offsets - g * baby), runs):
+        previous = 0
+        for r in part.tolist():
+            if r:
+                count += int(min(keys.cost(r), keys.cost(r - previous)) if previous else keys.cost(r))
+            previous = r
+    for part in np.array_split(np.unique(g), runs):
+        descending = part[::-1].tolist()
+        count += sum(int(keys.cost((a - b) * baby)) for a, b in zip(descending, descending[1:]))
+        count += int(keys.cost(descending[-1] * baby))
+    return count
 
 
 def test_convolution_schedule_uses_plane_and_row_keys():

@@ -4,7 +4,7 @@ affine maps in those layouts, without any dense n x n matrix, and the Galois key
 schedule of those maps."""
 from .diagonals import TileOffsets, tile_diagonals, tile_offsets
 from .layout import Layout, choose_layout, count_diagonals
-from .rotations import KeySet, MapShape, baby_chain, best_baby, choose_keys, split_offsets
+from .rotations import KeySet, MapShape, baby_chain, best_baby, choose_keys, giant_runs, split_offsets
 
 __all__ = ["KeySet", "Layout", "MapShape", "TileOffsets", "baby_chain", "best_baby", "choose_keys", "choose_layout",
-           "count_diagonals", "split_offsets", "tile_diagonals", "tile_offsets"]
+           "count_diagonals", "giant_runs", "split_offsets", "tile_diagonals", "tile_offsets"]

@@ -14,6 +14,11 @@ centred residue ``-B/2 <= r < B/2``. Its rotations (:func:`schedule_cost`) are
 * giant steps, per output ciphertext: a Horner chain over the distinct ``g`` in descending order
   (``rot`` by ``(g_a - g_b) B`` between neighbours) and one final ``rot`` by ``g_min B``.
 
+The giant steps are cut into :data:`GIANT_RUNS` independent runs (each ends with its own final
+rotation, about one key switch more), so that two processes can share one map: each makes the
+baby steps and the products and Horner chain of its run. The schedule, and so every
+ciphertext, is the same however many processes run it.
+
 For a 3x3 convolution over ``C`` channels of ``H x W`` in one ciphertext
 (``k = c H W + y W + x``), ``B = H W`` gives the residues ``y W + x`` (8 rotations) and
 ``2C - 2`` giant steps, where one rotation by 1 per residue up to ``B`` would cost hundreds.
@@ -33,6 +38,7 @@ from scipy.sparse import csgraph
 from .diagonals import TileOffsets
 
 UNREACHABLE = 1 << 30
+GIANT_RUNS = 2  # independent Horner chains per output ciphertext: two processes can run them at once
 
 
 @dataclass(frozen=True)
@@ -88,15 +94,34 @@ def split_offsets(offsets: np.ndarray, baby: int) -> tuple[np.ndarray, np.ndarra
 
 
 def baby_chain(residues: Iterable[int], keys: KeySet) -> list[tuple[int, int]]:
-    """``(r, source)`` for each distinct non-zero residue in ascending order: ``rot(x, r)`` is
-    made as ``rot(rot(x, source), r - source)`` with ``source`` the previous residue or 0,
-    whichever costs fewer key switches."""
+    """The distinct residues in ascending order as ``(r, source)``: ``rot(x, r)`` is made as
+    ``rot(rot(x, source), r - source)``, with ``source`` the previous residue or 0 (``x``
+    itself), whichever costs fewer key switches (``r = 0`` is ``x``)."""
     chain, previous = [], 0
-    for r in sorted(set(int(v) for v in residues) - {0}):
-        source = previous if previous and keys.cost(r - previous) < keys.cost(r) else 0
+    for r in sorted({int(v) for v in residues}):
+        source = previous if previous and r and keys.cost(r - previous) < keys.cost(r) else 0
         chain.append((r, source))
         previous = r
     return chain
+
+
+def giant_runs(giants: Iterable[int]) -> list[list[int]]:
+    """The distinct giant steps cut into :data:`GIANT_RUNS` runs of nearly equal length, each
+    in descending order (one Horner chain per run)."""
+    values = np.unique(np.fromiter((int(v) for v in giants), dtype=np.int64))
+    return [part[::-1].tolist() for part in np.array_split(values, min(GIANT_RUNS, values.size))] if values.size else []
+
+
+def _chain_cost(keys: KeySet, values: np.ndarray, baby: int) -> int:
+    """Key switches of one run of ascending distinct residues (``baby`` 0) or of one Horner
+    chain over ascending distinct giant steps ``values`` with giant step ``baby``."""
+    if baby == 0:
+        direct = keys.cost(values)
+        steps = direct[1:]
+        if values.size > 1:
+            steps = np.where(values[:-1] != 0, np.minimum(steps, keys.cost(np.diff(values))), steps)
+        return int(direct[0] + steps.sum())
+    return int(keys.cost(np.diff(values) * baby).sum() + keys.cost(values[0] * baby))
 
 
 @dataclass(frozen=True)
@@ -115,22 +140,19 @@ class MapShape:
             for (i, j), offsets in tiles.items():
                 by_input.setdefault((s, j), []).append(offsets)
                 by_output.setdefault(i, []).append(offsets)
-        join = lambda groups: tuple(np.unique(np.concatenate(v)) for _, v in sorted(groups.items()))  # noqa: E731
+        def join(groups: dict) -> tuple[np.ndarray, ...]:
+            return tuple(np.unique(np.concatenate(v)) for _, v in sorted(groups.items()))
+
         return cls(join(by_input), join(by_output))
 
     def cost(self, baby: int, keys: KeySet) -> int:
         """Key switches per evaluation with giant step ``baby`` (see the module docstring)."""
         total = 0
         for offsets in self.inputs:
-            r = np.unique(split_offsets(offsets, baby)[1])
-            r = r[r != 0]
-            if r.size:
-                from_previous = keys.cost(np.diff(r)) if r.size > 1 else np.zeros(0, dtype=np.int64)
-                direct = keys.cost(r)
-                total += int(direct[0] + np.minimum(direct[1:], from_previous).sum())
+            total += _chain_cost(keys, np.unique(split_offsets(offsets, baby)[1]), 0)
         for offsets in self.outputs:
             g = np.unique(split_offsets(offsets, baby)[0])
-            total += int(keys.cost(np.diff(g) * baby).sum() + keys.cost(g[0] * baby))
+            total += sum(_chain_cost(keys, part, baby) for part in np.array_split(g, min(GIANT_RUNS, g.size)))
         return total
 
 

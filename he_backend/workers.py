@@ -1,0 +1,113 @@
+"""A partner process that shares every affine map of a request: two cores per request.
+
+``tenseal.sealapi`` keeps the GIL through SEAL's calls, so two threads of one process take as
+long as one. A :class:`Partner` is a second process (started from a forkserver) holding its own
+copy of the plan and of the *public* context. For each affine step the server sends it the
+step's input ciphertexts; the partner computes the sums of the giant-step runs ``1..`` while the
+server computes run 0 (:meth:`~he_backend.layers.Runner.partial`), and the server adds the two.
+Both make every baby rotation, so the result is byte for byte that of one process.
+
+Messages are polyact containers (:mod:`he_backend.serialization`) of SEAL-serialised
+ciphertexts over a pipe, never pickles.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import weakref
+from multiprocessing.connection import Connection
+
+import tenseal.sealapi as sa
+
+from .layers import AffineStep, Values
+from .lowering.rotations import GIANT_RUNS
+from .serialization import pack, seal_from_bytes, seal_to_bytes, unpack
+
+REQUEST_KIND = "partner request"
+REPLY_KIND = "partner reply"
+READY = b"ready"
+
+
+class PartnerError(RuntimeError):
+    """The partner process failed (its message says how)."""
+
+
+class Partner:
+    """The second process of a server (see the module docstring); :meth:`close` stops it."""
+
+    def __init__(self, plan_bytes: bytes, public_context: bytes) -> None:
+        context = multiprocessing.get_context("forkserver")  # no copy of this process's SEAL state or locks
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child,), daemon=True, name="polyact-partner")
+        self._process.start()
+        child.close()
+        self._conn.send_bytes(plan_bytes)
+        self._conn.send_bytes(public_context)
+        ready = self._receive()
+        if ready != READY:
+            self.close()
+            raise PartnerError(f"the partner process could not load the plan: {ready.decode(errors='replace')}")
+        self._closer = weakref.finalize(self, _stop, self._conn, self._process)
+
+    def start(self, step: AffineStep, values: Values) -> None:
+        """Send ``step``'s input ciphertexts; the partner starts on its runs at once."""
+        header = {"step": step.name, "sources": [[name, len(values[name])] for name in step.sources]}
+        self._conn.send_bytes(pack(REQUEST_KIND, header, [seal_to_bytes(ct) for name in step.sources
+                                                          for ct in values[name]]))
+
+    def result(self, context: sa.SEALContext) -> dict[int, list[sa.Ciphertext]]:
+        """The partner's sums per output ciphertext (after :meth:`start`)."""
+        header, sections = unpack(self._receive(), REPLY_KIND)
+        if "error" in header:
+            raise PartnerError(f"the partner process failed: {header['error']}")
+        blobs = iter(sections)
+        return {int(i): [seal_from_bytes(sa.Ciphertext, next(blobs), context, "a partner's ciphertext") for _ in range(n)]
+                for i, n in header["outputs"]}
+
+    def close(self) -> None:
+        """Stop the partner process (also done when the partner is garbage-collected)."""
+        closer = getattr(self, "_closer", None)
+        if closer is not None:
+            closer()
+        else:
+            _stop(self._conn, self._process)
+
+    def _receive(self) -> bytes:
+        try:
+            return self._conn.recv_bytes()
+        except EOFError:
+            raise PartnerError(f"the partner process ended (exit code {self._process.exitcode})") from None
+
+
+def _stop(conn: Connection, process: multiprocessing.Process) -> None:
+    conn.close()  # the partner's receive ends with EOFError and it returns
+    process.join(timeout=5)
+    if process.is_alive():
+        process.kill()
+
+
+def _serve(conn: Connection) -> None:
+    """The partner's loop: load the plan and keys, then answer one request per affine step."""
+    from .server import Server  # the server module imports this one
+
+    try:
+        server = Server.from_bytes(conn.recv_bytes(), conn.recv_bytes())
+    except Exception as exc:  # reported to the parent, which raises it
+        conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
+        return
+    steps = {s.name: s for s in server.plan.steps if isinstance(s, AffineStep)}
+    conn.send_bytes(READY)
+    while True:
+        try:
+            header, sections = unpack(conn.recv_bytes(), REQUEST_KIND)
+        except EOFError:
+            return
+        try:
+            blobs = iter(sections)
+            values = {name: [seal_from_bytes(sa.Ciphertext, next(blobs), server.engine.context, "a ciphertext")
+                             for _ in range(count)] for name, count in header["sources"]}
+            sums = server.runner.partial(steps[header["step"]], values, range(1, GIANT_RUNS))
+            reply = pack(REPLY_KIND, {"outputs": [[i, len(cts)] for i, cts in sums.items()]},
+                         [seal_to_bytes(ct) for cts in sums.values() for ct in cts])
+        except Exception as exc:  # reported to the parent, which raises it
+            reply = pack(REPLY_KIND, {"error": f"{type(exc).__name__}: {exc}"}, [])
+        conn.send_bytes(reply)

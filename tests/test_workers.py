@@ -1,0 +1,36 @@
+"""Two processes per request (he_backend.workers): a partner process computes half of every
+affine map's giant-step runs; the result is the same bytes as one process's."""
+import pytest
+
+import he_backend
+from he_backend.serialization import unpack
+from polyact.convert import convert
+
+pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
+
+
+@pytest.mark.slow
+def test_a_partner_process_computes_the_same_ciphertexts(digits, digits_cnn):
+    pann, _ = convert(digits_cnn, digits, degree=3)
+    plan = he_backend.compile(pann.double().eval(), digits.input_shape)
+    client = plan.client()
+    request = client.encrypt(digits.x_test[:1].numpy())
+    alone = he_backend.Server(plan, client.public_context())
+    shared = he_backend.Server(plan, client.public_context(), workers=2)
+    try:
+        results = {1: alone.run(request), 2: shared.run(request)}
+    finally:
+        shared.close()
+    # the partner makes the same baby rotations and the runs are added in one order: no byte differs
+    assert unpack(results[2], "results")[1] == unpack(results[1], "results")[1]
+    assert alone.engine.counts["rotate"] == plan.report()["totals"]["rotations"]
+    # the server made fewer products itself: the partner made the rest
+    assert 0 < shared.engine.counts["pt_mul"] < alone.engine.counts["pt_mul"]
+    assert not shared.runner.partner._process.is_alive()
+
+
+def test_workers_must_be_one_or_two(digits, digits_mlp):
+    pann, _ = convert(digits_mlp, digits, degree=3)
+    plan = he_backend.compile(pann.double().eval(), digits.input_shape)
+    with pytest.raises(ValueError, match="workers must be 1 or 2"):
+        he_backend.Server(plan, plan.client().public_context(), workers=3)
