@@ -93,3 +93,20 @@ def test_chosen_keys_make_convolutions_cheap_within_the_key_limit():
     cost = sum(min(s.cost(b, keys) for b in [1] + [abs(k) for k in keys.steps]) for s in shapes)
     assert cost <= 80
     assert choose_keys([], 16384).steps == ()
+
+
+def test_keys_of_positive_steps_rotate_as_composed():
+    """Only positive steps (once read by the binding as Galois elements, not steps): 8 is a
+    key, 9 = 8 + 1 is composed of two; decrypted slots move as numpy's roll says."""
+    from he_backend.keys import KeyHolder
+    from he_backend.params import CkksParams
+
+    holder = KeyHolder(CkksParams(8192, (60, 40, 60), 40), [1, 8])
+    engine = holder.engine
+    values = np.random.default_rng(2).uniform(-1, 1, engine.slots)
+    ct = holder.encrypt(values)
+    for amount, switches in ((8, 1), (9, 2), (17, 3)):
+        before = engine.counts["rotate"]
+        out = holder.decrypt(engine.rotate(ct, amount))
+        np.testing.assert_allclose(out, np.roll(values, -amount), atol=1e-5)
+        assert engine.counts["rotate"] - before == switches
