@@ -1,6 +1,7 @@
 """The client: holds the secret key, packs and encrypts inputs, decrypts results."""
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 import time
@@ -28,8 +29,11 @@ class InputRangeWarning(UserWarning):
 
 def layout_header(plan: Plan | PlanLayout) -> dict[str, Any]:
     """What client and server must agree on, sent with every batch of ciphertexts."""
+    gather = (plan.layout() if isinstance(plan, Plan) else plan).input_gather
+    input_layout = hashlib.sha256(np.asarray(gather, dtype="<i8").tobytes()).hexdigest()[:16] if gather else "flat"
     return {"block": plan.block, "input_length": plan.input_length, "output_length": plan.output_length,
-            "poly_modulus_degree": plan.params.poly_modulus_degree, "coeff_bits": list(plan.params.coeff_bits)}
+            "poly_modulus_degree": plan.params.poly_modulus_degree, "coeff_bits": list(plan.params.coeff_bits),
+            "input_layout": input_layout}
 
 
 class Client:
@@ -96,7 +100,8 @@ class Client:
             group = flat[start : start + per]
             slots = np.zeros(len(group) * count * block)
             for b, sample in enumerate(group):
-                slots[b * block : b * block + sample.size] = sample
+                packed = self.plan.pack_input(sample)
+                slots[b * block : b * block + packed.size] = packed
             width = len(slots) // count  # several samples in one ciphertext, or one sample in several
             blobs.extend(self.keys.encrypt_bytes(slots[i * width : (i + 1) * width]) for i in range(count))
         return pack(CIPHERTEXTS, {**layout_header(self.plan), "samples": len(flat), "per_ciphertext": per,

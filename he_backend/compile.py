@@ -28,7 +28,7 @@ from polyact.poly import ChebPoly, CompositePoly
 
 from .ckks import Engine
 from .layers import AffineStep, PolyStep, ciphertext_count
-from .lowering import KeySet, Layout, best_baby, choose_keys, choose_layout
+from .lowering import KeySet, Layout, best_baby, choose_keys, choose_layout, count_diagonals, row_aligned_input
 from .params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth
 from .refresh import CostModel, Cut, MaskPolicy, leakage_bound, refresh_bytes, refresh_precision_bits
 from .segments import place_cuts, poly_values, reset_names, step_levels, value_bounds
@@ -98,7 +98,10 @@ def _broadcast(values: np.ndarray, length: int) -> np.ndarray:
 class PlanLayout:
     """The public part of a plan, what a client needs to make keys, pack inputs and unpack
     results: parameters, rotations, shapes and packing. It carries no weights, so a service
-    can hand it to any client without revealing the model."""
+    can hand it to any client without revealing the model. ``input_gather`` (when not empty)
+    is the replicated input layout the client packs: slot ``p`` holds input element
+    ``input_gather[p]`` (``-1``: zero); it reveals which inputs each output of the first map
+    reads (for a convolution, its receptive fields), not the weights."""
 
     params: CkksParams
     input_shape: tuple[int, ...]
@@ -108,10 +111,23 @@ class PlanLayout:
     rotations: tuple[int, ...]
     depth: int
     refreshes: int = 0
+    input_gather: tuple[int, ...] = ()
 
     @property
     def input_length(self) -> int:
         return int(np.prod(self.input_shape))
+
+    @property
+    def input_slots(self) -> int:
+        """Slots one sample's input takes: the gathered layout's, else the flat input's."""
+        return len(self.input_gather) or self.input_length
+
+    def pack_input(self, flat: np.ndarray) -> np.ndarray:
+        """A flattened sample in its slot layout (the gathered copies, or itself)."""
+        if not self.input_gather:
+            return flat
+        gather = np.asarray(self.input_gather)
+        return np.where(gather >= 0, flat[np.maximum(gather, 0)], 0.0)
 
     @property
     def samples_per_ciphertext(self) -> int:
@@ -119,8 +135,8 @@ class PlanLayout:
 
     @property
     def input_ciphertexts(self) -> int:
-        """Ciphertexts per sample for the (flat) input: more than one when it exceeds a block."""
-        return -(-self.input_length // self.block)
+        """Ciphertexts per sample for the input: more than one when it exceeds a block."""
+        return -(-self.input_slots // self.block)
 
     @property
     def output_ciphertexts(self) -> int:
@@ -130,15 +146,18 @@ class PlanLayout:
         header = {"params": self.params.to_dict(), "input_shape": list(self.input_shape), "block": self.block,
                   "packing": self.packing, "output_length": self.output_length,
                   "rotations": list(self.rotations), "depth": self.depth, "refreshes": self.refreshes}
-        return pack(LAYOUT_KIND, header, [])
+        return pack(LAYOUT_KIND, header, [np.asarray(self.input_gather, dtype="<i8").tobytes()])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "PlanLayout":
-        header, _ = unpack(data, LAYOUT_KIND)
+        header, sections = unpack(data, LAYOUT_KIND)
         try:
-            return cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), int(header["block"]),
-                       header["packing"], int(header["output_length"]), tuple(header["rotations"]),
-                       int(header["depth"]), int(header.get("refreshes", 0)))
+            gather = np.frombuffer(sections[0], dtype="<i8") if sections else np.zeros(0, dtype=np.int64)
+            layout = cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), int(header["block"]),
+                         header["packing"], int(header["output_length"]), tuple(header["rotations"]),
+                         int(header["depth"]), int(header.get("refreshes", 0)), tuple(gather.tolist()))
+            check_gather(gather, layout.input_length, layout.params.slots)
+            return layout
         except (KeyError, ValueError, TypeError) as exc:
             raise PayloadError(f"corrupted plan layout: {exc}") from exc
 
@@ -159,6 +178,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     cuts: list[Cut] = field(default_factory=list)
     mask: MaskPolicy = field(default_factory=MaskPolicy)
+    input_gather: np.ndarray | None = None  # replicated input layout (see PlanLayout)
 
     # ---- derived ----------------------------------------------------------------------------
     @property
@@ -288,7 +308,9 @@ class Plan:
 
     def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every step's value in the float64 twin (``(n, length)`` by step name, and the input)."""
-        values = {INPUT: np.asarray(x, dtype=np.float64).reshape(len(x), -1)}
+        flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        values = {INPUT: flat if self.input_gather is None else
+                  np.where(self.input_gather >= 0, flat[:, np.maximum(self.input_gather, 0)], 0.0)}
         for s in self.steps:
             if isinstance(s, AffineStep):
                 values[s.name] = values[s.sources[0]] if s.identity else \
@@ -317,6 +339,8 @@ class Plan:
                 steps.append({"type": "poly", "name": s.name, "source": s.source, "length": s.length,
                               "kind": s.kind, "stages": len(s.stages), "product": s.product,
                               "level": s.level, "scale": s.scale})
+        if self.input_gather is not None:
+            arrays["input_gather"] = self.input_gather
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         header = {"params": self.params.to_dict(), "input_shape": list(self.input_shape), "block": self.block,
@@ -347,22 +371,26 @@ class Plan:
             plan = cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), header["block"],
                        tuple(int(r) for r in header["rotations"]), steps, header["output"], header["output_length"], header["packing"],
                        header["notes"], [Cut.from_dict(c) for c in header.get("cuts", [])],
-                       MaskPolicy.from_dict(header["mask"]) if "mask" in header else MaskPolicy())
+                       MaskPolicy.from_dict(header["mask"]) if "mask" in header else MaskPolicy(),
+                       np.array(arrays["input_gather"]) if "input_gather" in arrays.files else None)
+            if plan.input_gather is not None:
+                check_gather(plan.input_gather, int(np.prod(plan.input_shape)), plan.params.slots)
         except (KeyError, ValueError, TypeError) as exc:
             raise PayloadError(f"corrupted plan: {exc}") from exc
         plan.prepare()
         return plan
 
     def prepare(self) -> None:
-        _prepare_affine(self.steps, int(np.prod(self.input_shape)), self.block)
+        _prepare_affine(self.steps, self.layout().input_slots, self.block)
         for s in self.steps:
             if isinstance(s, PolyStep):
                 s.prepare(self.params.scale_bits)
 
     def layout(self) -> PlanLayout:
         """The weight-free part a client needs (see :class:`PlanLayout`)."""
+        gather = () if self.input_gather is None else tuple(self.input_gather.tolist())
         return PlanLayout(self.params, self.input_shape, self.block, self.packing, self.output_length,
-                          tuple(self.rotations), self.depth, len(self.cuts))
+                          tuple(self.rotations), self.depth, len(self.cuts), gather)
 
     def client(self, **kwargs: Any):
         """A :class:`he_backend.client.Client` with keys for this plan."""
@@ -453,6 +481,33 @@ def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block
             s.source_positions = [positions[x] for x in s.sources]
             s.prepare(block)
         positions[s.name] = s.positions
+
+
+def _replicate_input(steps: list[AffineStep | PolyStep], packing: str, slots: int) -> np.ndarray | None:
+    """With sample packing, when the input's only reader is one affine map, the client packs
+    the input replicated so that this map has fewer diagonals
+    (:func:`he_backend.lowering.row_aligned_input`); the map's weights are rewritten on those
+    slots. ``None`` when that does not fit in the slots or saves nothing."""
+    readers = [s for s in steps if INPUT in (s.sources if isinstance(s, AffineStep) else [s.source])]
+    if packing != "sample" or len(readers) != 1 or not isinstance(readers[0], AffineStep):
+        return None
+    step = readers[0]
+    if step.sources != [INPUT] or step.identity:
+        return None
+    gather, weight = row_aligned_input(step.weights[0], step.positions)
+    flat = count_diagonals(step.weights[0], np.arange(step.weights[0].shape[1]), step.positions)
+    if gather.size > slots or count_diagonals(weight, np.arange(gather.size), step.positions) >= flat:
+        return None
+    step.weights[0] = weight
+    return gather
+
+
+def check_gather(gather: np.ndarray, input_length: int, slots: int) -> None:
+    """A replicated input layout read from bytes: at most ``slots`` entries, each an input
+    element or -1."""
+    if gather.size > slots or (gather.size and (gather.min() < -1 or gather.max() >= input_length)):
+        raise ValueError(f"an input layout of {gather.size} slots with elements outside -1..{input_length - 1} "
+                         f"(or more than {slots} slots)")
 
 
 def _choose_rotations(steps: list[AffineStep | PolyStep], graph: PolyGraph, params: CkksParams) -> tuple[int, ...]:
@@ -565,12 +620,17 @@ def compile(
             "lower the polynomial degrees, give parameters with more levels, or pass max_levels to "
             "split the plan into segments joined by interactive refresh"
         )
+    gather = _replicate_input(steps, packing, params.slots)
+    if gather is not None:
+        needed = max(needed, 1 << (gather.size - 1).bit_length())
+        notes.append(f"input packed by the client in a replicated layout of {gather.size} slots for "
+                     f"{next(s.name for s in steps if isinstance(s, AffineStep) and INPUT in s.sources)}")
     block = min(needed, params.slots)  # a tensor larger than the slots spans several ciphertexts
-    _prepare_affine(steps, int(np.prod(input_shape)), block)
+    _prepare_affine(steps, int(np.prod(input_shape)) if gather is None else gather.size, block)
     if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):
         notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")
     plan = Plan(params, input_shape, block, _choose_rotations(steps, graph, params), steps, graph.output, output_length,
-                packing, notes, mask=mask or MaskPolicy())
+                packing, notes, mask=mask or MaskPolicy(), input_gather=gather)
     budget = params.depth if max_levels is None else min(params.depth, max_levels)
     if depth > budget:
         operations = _operations(plan)

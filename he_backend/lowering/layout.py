@@ -102,3 +102,23 @@ def choose_layout(shape: tuple[int, ...], weights: list[sp.spmatrix], sources: l
         if best is None or key < best[0]:
             best = (key, candidate)
     return best[1], measured
+
+
+def row_aligned_input(weight: sp.csr_matrix, pos_out: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+    """A replicated input layout that the client packs for a map ``y = W x`` read straight
+    from the input: with ``Q`` the most non-zeros of a row and ``M`` the power of two above the
+    output footprint, slot ``q M + pos_out[r]`` holds ``x[c_q(r)]``, the ``q``-th input of row
+    ``r``. Then ``y[r] = sum_q W[r, c_q(r)] * slot[q M + pos_out[r]]``: ``Q`` diagonals (offsets
+    ``q M``) instead of up to ``2 n - 1``, for ``Q M`` slots. Returns ``gather`` (per slot, the
+    input element it holds, ``-1`` for none) and the map ``W'`` on those slots
+    (``W' gather(x) = W x``)."""
+    weight = sp.csr_matrix(weight)
+    weight.sort_indices()
+    counts = np.diff(weight.indptr)
+    width = 1 << max(0, (int(pos_out.max()) + 1 - 1).bit_length()) if pos_out.size else 1
+    rows = np.repeat(np.arange(weight.shape[0]), counts)
+    q = np.arange(weight.nnz) - np.repeat(weight.indptr[:-1], counts)  # rank of each entry in its row
+    slots = q * width + pos_out[rows]
+    gather = np.full(int(counts.max(initial=0)) * width, -1, dtype=np.int64)
+    gather[slots] = weight.indices
+    return gather, sp.csr_matrix((weight.data, (rows, slots)), shape=(weight.shape[0], gather.size))
