@@ -56,15 +56,16 @@ def conv_shape(channels, side, block):
 
 
 def count_schedule(offsets, baby, keys, runs=2):
-    """Key switches of the schedule, counted rotation by rotation as the runner makes them: the
-    sorted residues and giant steps are each cut into ``runs`` runs of nearly equal length."""
+    """Key switches of the schedule, counted rotation by rotation as the runner makes them:
+    residues outwards from 0 on each side, giant steps cut into ``runs`` runs of nearly equal
+    length, each a Horner chain."""
     g = np.floor_divide(offsets + baby // 2, baby)
     count = 0
-    for part in np.array_split(np.unique(offsets - g * baby), runs):
+    residues = np.unique(offsets - g * baby)
+    for side in (sorted(residues[residues < 0], reverse=True), sorted(residues[residues > 0])):
         previous = 0
-        for r in part.tolist():
-            if r:
-                count += int(min(keys.cost(r), keys.cost(r - previous)) if previous else keys.cost(r))
+        for r in side:
+            count += int(min(keys.cost(r), keys.cost(r - previous)) if previous else keys.cost(r))
             previous = r
     for part in np.array_split(np.unique(g), runs):
         descending = part[::-1].tolist()

@@ -8,9 +8,9 @@ breadth-first search per key set, :class:`KeySet`).
 An affine map with diagonal offsets ``k`` and giant step ``B`` writes ``k = g B + r`` with the
 centred residue ``-B/2 <= r < B/2``. Its rotations (:func:`schedule_cost`) are
 
-* baby steps, per input ciphertext: ``rot(x, r)`` for each distinct residue ``r``, in
-  ascending order, each taken from the previous one (``rot`` by ``r - r_prev``) or from ``x``
-  (``rot`` by ``r``), whichever is cheaper;
+* baby steps, per input ciphertext: ``rot(x, r)`` for each distinct residue ``r``, outwards
+  from 0 on each side, each taken from the previous one on its side (``rot`` by ``r - r_prev``)
+  or from ``x`` (``rot`` by ``r``), whichever is cheaper;
 * giant steps, per output ciphertext: a Horner chain over the distinct ``g`` in descending order
   (``rot`` by ``(g_a - g_b) B`` between neighbours) and one final ``rot`` by ``g_min B``.
 
@@ -52,18 +52,27 @@ class KeySet:
     @cached_property
     def _search(self) -> tuple[np.ndarray, np.ndarray]:
         """Distance (key switches) and last key step of the cheapest path to every ``d mod S``
-        (breadth-first search on the circulant graph of the key steps)."""
+        (breadth-first search on the circulant graph of the key steps; a breadth-first tree's
+        depths are the distances)."""
         size = self.slots
         moves = sorted({int(m) % size: int(m) for m in self.steps if int(m) % size}.items())
         if not moves:
             dist = np.full(size, UNREACHABLE, dtype=np.int64)
             dist[0] = 0
             return dist, np.zeros(size, dtype=np.int64)
-        rows = np.repeat(np.arange(size), len(moves))
-        cols = (rows + np.tile([m for m, _ in moves], size)) % size
-        graph = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(size, size))
-        found, previous = csgraph.shortest_path(graph, unweighted=True, indices=0, return_predecessors=True)
-        dist = np.where(np.isinf(found), UNREACHABLE, found).astype(np.int64)
+        width = len(moves)
+        targets = (np.arange(size)[:, None] + np.array([m for m, _ in moves])[None, :]) % size
+        graph = sp.csr_matrix((np.ones(size * width), targets.ravel(), np.arange(0, size * width + 1, width)),
+                              shape=(size, size))
+        order, previous = csgraph.breadth_first_order(graph, 0, directed=True, return_predecessors=True)
+        reached = np.zeros(size, dtype=bool)
+        reached[order] = True
+        # depth by pointer doubling along the search tree's parents (the root is its own parent)
+        hops = (previous >= 0).astype(np.int64)
+        ancestor = np.where(previous >= 0, previous, np.arange(size))
+        for _ in range(size.bit_length()):
+            hops, ancestor = hops + hops[ancestor], ancestor[ancestor]
+        dist = np.where(reached, hops, UNREACHABLE)
         step_of = np.zeros(size, dtype=np.int64)
         step_of[[m for m, _ in moves]] = [v for _, v in moves]
         last = np.where(previous >= 0, step_of[(np.arange(size) - previous) % size], 0)
@@ -94,12 +103,14 @@ def split_offsets(offsets: np.ndarray, baby: int) -> tuple[np.ndarray, np.ndarra
 
 
 def baby_chain(residues: Iterable[int], keys: KeySet) -> list[tuple[int, int]]:
-    """The distinct residues in ascending order as ``(r, source)``: ``rot(x, r)`` is made as
-    ``rot(rot(x, source), r - source)``, with ``source`` the previous residue or 0 (``x``
-    itself), whichever costs fewer key switches (``r = 0`` is ``x``)."""
+    """The distinct residues as ``(r, source)``, 0 first (``x`` itself), then the negative ones
+    and then the positive ones by growing ``|r|``: ``rot(x, r)`` is made as
+    ``rot(rot(x, source), r - source)`` with ``source`` the previous residue of the same sign or
+    0, whichever costs fewer key switches."""
     chain, previous = [], 0
-    for r in sorted({int(v) for v in residues}):
-        source = previous if previous and r and keys.cost(r - previous) < keys.cost(r) else 0
+    for r in sorted({int(v) for v in residues}, key=lambda v: (v > 0, abs(v))):
+        same_side = previous and (previous > 0) == (r > 0)
+        source = previous if same_side and keys.cost(r - previous) < keys.cost(r) else 0
         chain.append((r, source))
         previous = r
     return chain
@@ -112,16 +123,19 @@ def giant_runs(giants: Iterable[int]) -> list[list[int]]:
     return [part[::-1].tolist() for part in np.array_split(values, min(GIANT_RUNS, values.size))] if values.size else []
 
 
-def _chain_cost(keys: KeySet, values: np.ndarray, baby: int) -> int:
-    """Key switches of one run of ascending distinct residues (``baby`` 0) or of one Horner
-    chain over ascending distinct giant steps ``values`` with giant step ``baby``."""
-    if baby == 0:
-        direct = keys.cost(values)
-        steps = direct[1:]
-        if values.size > 1:
-            steps = np.where(values[:-1] != 0, np.minimum(steps, keys.cost(np.diff(values))), steps)
-        return int(direct[0] + steps.sum())
-    return int(keys.cost(np.diff(values) * baby).sum() + keys.cost(values[0] * baby))
+def _baby_cost(keys: KeySet, residues: np.ndarray) -> int:
+    """Key switches of :func:`baby_chain` over these distinct residues."""
+    total = 0
+    for side in (residues[residues < 0][::-1], residues[residues > 0]):  # by growing |r|
+        if side.size:
+            direct = keys.cost(side)
+            total += int(direct[0] + np.minimum(direct[1:], keys.cost(np.diff(side))).sum())
+    return total
+
+
+def _horner_cost(keys: KeySet, giants: np.ndarray, baby: int) -> int:
+    """Key switches of one Horner chain over these ascending distinct giant steps."""
+    return int(keys.cost(np.diff(giants) * baby).sum() + keys.cost(giants[0] * baby))
 
 
 @dataclass(frozen=True)
@@ -140,20 +154,24 @@ class MapShape:
             for (i, j), offsets in tiles.items():
                 by_input.setdefault((s, j), []).append(offsets)
                 by_output.setdefault(i, []).append(offsets)
+
         def join(groups: dict) -> tuple[np.ndarray, ...]:
             return tuple(np.unique(np.concatenate(v)) for _, v in sorted(groups.items()))
 
         return cls(join(by_input), join(by_output))
 
-    def cost(self, baby: int, keys: KeySet) -> int:
-        """Key switches per evaluation with giant step ``baby`` (see the module docstring)."""
-        total = 0
-        for offsets in self.inputs:
-            total += _chain_cost(keys, np.unique(split_offsets(offsets, baby)[1]), 0)
-        for offsets in self.outputs:
-            g = np.unique(split_offsets(offsets, baby)[0])
-            total += sum(_chain_cost(keys, part, baby) for part in np.array_split(g, min(GIANT_RUNS, g.size)))
-        return total
+    def split(self, baby: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """With giant step ``baby``: per input, the distinct residues; per output, its runs
+        of distinct giant steps (ascending)."""
+        residues = [np.unique(split_offsets(offsets, baby)[1]) for offsets in self.inputs]
+        giants = [np.unique(split_offsets(offsets, baby)[0]) for offsets in self.outputs]
+        return residues, [part for g in giants for part in np.array_split(g, min(GIANT_RUNS, g.size))]
+
+    def cost(self, baby: int, keys: KeySet, split: tuple[list[np.ndarray], list[np.ndarray]] | None = None) -> int:
+        """Key switches per evaluation with giant step ``baby`` (see the module docstring);
+        ``split`` is :meth:`split` of ``baby``, when already made."""
+        residues, runs = split if split is not None else self.split(baby)
+        return sum(_baby_cost(keys, r) for r in residues) + sum(_horner_cost(keys, g, baby) for g in runs)
 
 
 def best_baby(shape: MapShape, keys: KeySet, candidates: Sequence[int]) -> tuple[int, int]:
@@ -174,41 +192,45 @@ def choose_keys(shapes: Sequence[MapShape], slots: int, sizes: Iterable[int] = (
     """A key set of at most ``max_keys`` steps for maps of these shapes: start from ``{1, -1}``
     and add, one move at a time, the candidate step ``m``, ``-m`` or the pair ``+-m`` (``m`` in
     :func:`candidate_steps`) that saves most key switches per evaluation per added key, while
-    that saving is at least ``min_gain`` of the current total; then one pass that exchanges
-    each added key for a better candidate where one exists."""
+    that saving is at least ``min_gain`` of the current total; when no addition pays, the
+    exchange of one chosen key for another candidate that saves most, if any does."""
     magnitudes = candidate_steps(slots, sizes)
     unique = {}
     for shape in shapes:  # identical maps (repeated blocks) are costed once, weighted
         key = tuple(a.tobytes() for a in shape.inputs) + (b"|",) + tuple(a.tobytes() for a in shape.outputs)
         unique.setdefault(key, [shape, 0])[1] += 1
 
+    splits = {(id(shape), b): shape.split(b) for shape, _ in unique.values() for b in [1, *magnitudes]}
+
     def total(keys: KeySet) -> int:
         babies = [1] + [abs(s) for s in keys.steps if abs(s) > 1]
-        return sum(count * best_baby(shape, keys, babies)[0] for shape, count in unique.values())
+        return sum(count * min(shape.cost(b, keys, splits[(id(shape), b)]) for b in babies)
+                   for shape, count in unique.values())
 
     if not unique or all(a.size == 0 or not a.any() for s, _ in unique.values() for a in s.inputs + s.outputs):
         return KeySet((), slots)
     chosen = {1, -1}
     current = total(KeySet(tuple(sorted(chosen)), slots))
     moves = [{m} for m in magnitudes] + [{-m} for m in magnitudes] + [{m, -m} for m in magnitudes]
-    while True:
-        options = []
-        for move in moves:
-            if move <= chosen or len(chosen | move) > max_keys:
-                continue
-            cost = total(KeySet(tuple(sorted(chosen | move)), slots))
-            options.append(((current - cost) / len(move - chosen), -len(move), cost, sorted(move)))
-        if not options:
+
+    def best_addition() -> tuple[float, int, set[int]] | None:
+        options = [((current - cost) / len(move - chosen), cost, move) for move in moves
+                   if not move <= chosen and len(chosen | move) <= max_keys
+                   for cost in [total(KeySet(tuple(sorted(chosen | move)), slots))]]
+        return max(options, key=lambda o: (o[0], -len(o[2]))) if options else None
+
+    def best_exchange() -> tuple[int, set[int]] | None:
+        options = [(total(KeySet(tuple(sorted(chosen - {key} | {c})), slots)), chosen - {key} | {c})
+                   for key in chosen - {1, -1} for m in magnitudes for c in (m, -m) if c not in chosen]
+        return min(options, key=lambda o: o[0]) if options else None
+
+    for _ in range(4 * max_keys):  # additions while they pay, exchanges when they stop paying
+        added = best_addition()
+        if added is not None and added[0] >= max(1.0, min_gain * current):
+            current, chosen = added[1], chosen | added[2]
+            continue
+        exchanged = best_exchange()
+        if exchanged is None or exchanged[0] >= current:
             break
-        gain, _, cost, move = max(options)
-        if gain < max(1.0, min_gain * current):
-            break
-        chosen.update(move)
-        current = cost
-    for key in sorted(chosen - {1, -1}, key=abs):  # one exchange pass: greedy picks can be improved
-        swaps = [(total(KeySet(tuple(sorted(chosen - {key} | {c})), slots)), c)
-                 for m in magnitudes for c in (m, -m) if c not in chosen]
-        if swaps and min(swaps)[0] < current:
-            current, replacement = min(swaps)
-            chosen = chosen - {key} | {replacement}
+        current, chosen = exchanged
     return KeySet(tuple(sorted(chosen)), slots)
