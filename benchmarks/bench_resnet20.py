@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+SERVER_CACHE_MIB = 512  # the server's plaintext cache (its default, 2 GiB, would only hold the first layers)
 RESNET20 = dict(channels=(16,) * 3 + (32,) * 3 + (64,) * 3)
 SHAPE = (3, 32, 32)
 
@@ -126,11 +127,13 @@ def stage_serve(args) -> dict:
     ``--folder``, then answers length-prefixed messages on stdin/stdout: the batch
     (``server.start``), then each refresh reply (``server.resume``), until it sends results."""
     import he_backend
+    from he_backend.layers import PlaintextCache
     from he_backend.refresh import REQUEST_KIND, message_kind
 
     folder = Path(args.folder)
     start = time.perf_counter()
-    server = he_backend.Server.from_bytes((folder / "plan").read_bytes(), (folder / "context").read_bytes())
+    cache = PlaintextCache(SERVER_CACHE_MIB << 20)  # ~50 GB of plaintexts per image: a cache holds little
+    server = he_backend.Server.from_bytes((folder / "plan").read_bytes(), (folder / "context").read_bytes(), cache=cache)
     load = time.perf_counter() - start
     _write_frame(sys.stdout.buffer, b"ready")
     compute, step = 0.0, server.start
