@@ -11,7 +11,8 @@ individually.
 The children do not wait for their turn: ``--isolated-jobs J`` (default: the usable CPUs, at
 most 2) processes work at once, this one (while it runs unmarked tests) plus ``J - 1`` children,
 or ``J`` children while this one waits for an outcome. The unmarked tests run first, in their
-order, while the children run the isolated groups in theirs; then the isolated tests report.
+order, while the children run the isolated groups, the longest first (as long as each took in
+the previous run, from pytest's cache); then the isolated tests report, in that order.
 ``--isolated-jobs 1`` runs each child only when its first test comes up.
 
 Memory: each child's RSS monitor (:mod:`rss_monitor`) applies the limit test by test and reports
@@ -22,6 +23,7 @@ to write its outcomes (and that it runs the tests in place).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -39,6 +41,7 @@ except ImportError:  # used without the RSS monitor
 
 REPORT_VARIABLE = "POLYACT_ISOLATION_REPORT"
 POLL_SECONDS = 0.05  # how often a waiting parent checks its children
+DURATIONS = "polyact/isolated-seconds"  # pytest's cache: how long each group's child took
 _SCHEDULER = pytest.StashKey["_Scheduler"]()
 
 
@@ -90,7 +93,7 @@ def _group(item: pytest.Item) -> str | None:
     marker = item.get_closest_marker("isolated")
     if marker is None or os.environ.get(REPORT_VARIABLE):
         return None
-    return item.nodeid if marker.kwargs.get("alone") else str(item.path)
+    return item.nodeid if marker.kwargs.get("alone") else item.nodeid.split("::")[0]
 
 
 class _Child:
@@ -98,6 +101,7 @@ class _Child:
 
     def __init__(self, config: pytest.Config, members: list[str]) -> None:
         self.members = members
+        self.started = time.monotonic()
         self.folder = Path(tempfile.mkdtemp(prefix="polyact-isolated-"))
         self.report = self.folder / "outcomes.jsonl"
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", *members]
@@ -115,6 +119,7 @@ class _Child:
     def collect(self, results: dict, usages: dict) -> None:
         """Outcomes and peaks by node id; a test without an outcome failed with the child's output."""
         ACCOUNTED_ELSEWHERE.discard(self.process.pid)
+        self.seconds = time.monotonic() - self.started
         lines = self.report.read_text().splitlines() if self.report.exists() else []
         tail = (self.folder / "output.txt").read_text(errors="replace")[-20000:]
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -148,22 +153,29 @@ class _Scheduler:
     def __init__(self, config: pytest.Config, jobs: int) -> None:
         self.config = config
         self.jobs = jobs
-        self.pending: dict[str, list[str]] = {}  # group -> its node ids, in test order
+        self.pending: dict[str, list[str]] = {}  # group -> its node ids, in the order the groups start
         self.running: dict[str, _Child] = {}
         self.results: dict[str, dict] = {}
         self.usages: dict[str, tuple[int, int]] = {}
+        self.keys: dict[str, str] = {}  # group -> its key in the durations of earlier runs
+        self.seconds: dict[str, float] = {}  # key -> how long its child took in this run
 
-    @pytest.hookimpl(trylast=True)
+    @pytest.hookimpl(trylast=True)  # after the deselection (-m, -k, --deselect)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Unmarked tests first (this process runs them while the children work), then the isolated ones."""
-        items[:] = [i for i in items if _group(i) is None] + [i for i in items if _group(i) is not None]
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.pending.clear()
-        for item in session.items:
+        """Unmarked tests first (this process runs them while the children work), then the isolated ones,
+        by group, the longest in the previous run first (unknown ones before them): the last child to
+        start is a short one, so the processes finish together."""
+        groups: dict[str, list[pytest.Item]] = {}
+        for item in items:
             group = _group(item)
             if group is not None:
-                self.pending.setdefault(group, []).append(item.nodeid)
+                groups.setdefault(group, []).append(item)
+        self.keys = {group: f"{group} [{len(members)} tests]" for group, members in groups.items()}
+        cache = getattr(self.config, "cache", None)
+        before = cache.get(DURATIONS, {}) if cache is not None else {}
+        order = sorted(groups, key=lambda group: -before.get(self.keys[group], math.inf))
+        self.pending = {group: [item.nodeid for item in groups[group]] for group in order}
+        items[:] = [item for item in items if _group(item) is None] + [item for g in order for item in groups[g]]
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
@@ -172,8 +184,11 @@ class _Scheduler:
         return (yield)
 
     def pytest_sessionfinish(self) -> None:
-        """Normally nothing is left; interrupted (``-x``, Ctrl-C): end the children still running."""
+        """Remember how long each child took; end those still running (interrupted: ``-x``, Ctrl-C)."""
         self.stop()
+        cache = getattr(self.config, "cache", None)
+        if cache is not None and self.seconds:
+            cache.set(DURATIONS, {**cache.get(DURATIONS, {}), **self.seconds})
 
     def _start(self, group: str) -> None:
         self.running[group] = _Child(self.config, self.pending.pop(group))
@@ -183,6 +198,7 @@ class _Scheduler:
         for group, child in list(self.running.items()):
             if child.done():
                 child.collect(self.results, self.usages)
+                self.seconds[self.keys[group]] = round(child.seconds, 1)
                 del self.running[group]
         while self.pending and len(self.running) < self.jobs - parent_busy:
             self._start(next(iter(self.pending)))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).parent
 
 SUITE = '''
@@ -123,6 +125,7 @@ def _heaviest(output):
     return {name: float(gib) for gib, name in re.findall(r"^\s+([\d.]+) GiB .*::(\w+)$", output, re.MULTILINE)}
 
 
+@pytest.mark.slow
 def test_children_run_ahead_and_their_memory_is_theirs(tmp_path):
     for name, text in AHEAD.items():
         (tmp_path / name).write_text(text)
@@ -138,3 +141,37 @@ def test_children_run_ahead_and_their_memory_is_theirs(tmp_path):
     peaks = _heaviest(output)
     assert peaks["test_child_holds_memory_while_the_parent_works"] > HEAVY / 2**30, output  # measured in the child
     assert peaks["test_parent_runs_meanwhile"] < 0.8 * HEAVY / 2**30, output  # the child's memory is not blamed here
+
+
+ORDERED = '''
+import os, time
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def test_run():
+    with open(os.environ["ORDER_FILE"], "a") as f:
+        f.write(__name__ + "\\n")
+    time.sleep({seconds})
+'''
+
+
+@pytest.mark.slow
+def test_the_longest_child_of_the_previous_run_starts_first(tmp_path):
+    (tmp_path / "test_brief.py").write_text(ORDERED.format(seconds=0))
+    (tmp_path / "test_long.py").write_text(ORDERED.format(seconds=1.5))
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["isolation"]\n')
+    order = tmp_path / "order.txt"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "ORDER_FILE": str(order)}
+    env.pop("POLYACT_ISOLATION_REPORT", None)
+    runs = []
+    for _ in range(2):  # the first run has no durations: test order; the second starts the long one first
+        done = subprocess.run([sys.executable, "-m", "pytest", "-v", "--isolated-jobs", "1"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs.append((order.read_text().split(), re.findall(r"^(test_\w+)\.py::test_run PASSED", done.stdout, re.M)))
+        order.unlink()
+    assert runs[0] == (["test_brief", "test_long"], ["test_brief", "test_long"])
+    assert runs[1] == (["test_long", "test_brief"], ["test_long", "test_brief"])  # and they report in that order
