@@ -9,9 +9,8 @@ from he_backend.params import CkksParams
 from he_backend.serialization import unpack
 from polyact.convert import convert
 
-pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 
-
+@pytest.mark.isolated  # CKKS memory: this test runs in another interpreter (tests/isolation.py)
 @pytest.mark.slow
 def test_two_threads_compute_the_same_ciphertexts(digits, digits_mlp):
     pann, _ = convert(digits_mlp, digits, degree=7)
