@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_breast_cancer, load_digits
-from sklearn.model_selection import train_test_split
 
 
 @dataclass
@@ -50,6 +48,8 @@ class Dataset:
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, test_size: float, seed: int) -> Dataset:
+    from sklearn.model_selection import train_test_split  # scikit-learn takes a second to import: only when used
+
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
     as_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     as_y = lambda a: torch.tensor(a, dtype=torch.int64)  # noqa: E731
@@ -59,6 +59,8 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, test_size: float, seed: int)
 def digits(test_size: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), pixels scaled to [0, 1],
     as ``(N, 1, 8, 8)``; a stratified split."""
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     x = (bunch.images / 16.0).reshape(-1, 1, 8, 8)
     return _split("digits", x, bunch.target, test_size, seed)
@@ -99,6 +101,9 @@ def digits32(copies: int = 4, noise: float = 0.12, test_size: float = 0.2, seed:
     Deterministic: the same arguments give the same tensors."""
     if copies < 1:
         raise ValueError(f"digits32 needs copies >= 1 renderings per digit, got {copies}")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     x_tr, x_te, y_tr, y_te = train_test_split(bunch.images / 16.0, bunch.target, test_size=test_size,
                                               random_state=seed, stratify=bunch.target)
@@ -113,6 +118,8 @@ def digits32(copies: int = 4, noise: float = 0.12, test_size: float = 0.2, seed:
 def breast_cancer(test_size: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's Wisconsin breast cancer set (569 x 30 features, 2 classes), features
     standardised with the training split's mean and standard deviation."""
+    from sklearn.datasets import load_breast_cancer
+
     bunch = load_breast_cancer()
     data = _split("breast_cancer", bunch.data, bunch.target, test_size, seed)
     mean, std = data.x_train.mean(0), data.x_train.std(0).clamp_min(1e-12)

@@ -1,6 +1,14 @@
 """Shared fixtures: the digits data and small models trained once per session; the per-test peak
-RSS limit and report (:mod:`rss_monitor`)."""
+RSS limit and report (:mod:`rss_monitor`).
+
+The data set and the trained models are also written to a folder shared with the isolated
+children (:mod:`isolation`, ``POLYACT_TEST_CACHE``), so each is computed once per run: a child
+loads the same tensors, weights and torch random state that training left in the process that
+computed them (training is deterministic: seeded, one thread)."""
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from threadpoolctl import threadpool_limits
@@ -20,18 +28,55 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 from polyact import data, models, trainer
 
 pytest_plugins = ["rss_monitor", "isolation"]
+CACHE_VARIABLE = "POLYACT_TEST_CACHE"
+_OWN_CACHE = pytest.StashKey[str]()  # the folder this process made (and removes)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get(CACHE_VARIABLE):  # the outermost pytest: its children inherit the folder
+        config.stash[_OWN_CACHE] = os.environ[CACHE_VARIABLE] = tempfile.mkdtemp(prefix="polyact-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE in config.stash:
+        shutil.rmtree(config.stash[_OWN_CACHE], ignore_errors=True)
+        del os.environ[CACHE_VARIABLE]
+
+
+def _shared(name: str, load, compute, save):
+    """``load(path)`` of the run's cached ``name`` if a process of this run saved it, else ``compute()``,
+    saved for the others (written under another name, then renamed: readers never see half a file)."""
+    path = Path(os.environ[CACHE_VARIABLE], name) if os.environ.get(CACHE_VARIABLE) else None
+    if path is not None and path.exists():
+        return load(path)
+    value = compute()
+    if path is not None:
+        partial = path.with_name(f"{os.getpid()}-{name}")
+        save(value, partial)
+        os.replace(partial, path)
+    return value
 
 
 @pytest.fixture(scope="session")
 def digits():
-    return data.digits()
+    return _shared("digits.npz", data.load_npz, data.digits, lambda dataset, path: dataset.save_npz(path))
 
 
 def _trained(digits, name, activation, epochs, **kwargs):
     torch.manual_seed(0)
     model = models.build_model(name, digits.input_shape, digits.num_classes, activation, **kwargs)
-    trainer.train_classifier(model, digits, epochs=epochs, seed=0)
-    return model
+
+    def train():
+        trainer.train_classifier(model, digits, epochs=epochs, seed=0)
+        return {"weights": model.state_dict(), "rng": torch.get_rng_state()}
+
+    def load(path):
+        return torch.load(path, weights_only=True)
+
+    trained = _shared(f"{name}-{activation}-{epochs}.pt", load, train, torch.save)
+    model.load_state_dict(trained["weights"])
+    torch.set_rng_state(trained["rng"])  # as if trained here: the tests that follow draw the same numbers
+    return model.eval()
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,7 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: seconds
 def test_module_entry_point_runs():
     result = subprocess.run(
         [sys.executable, "-m", "polyact", "fit", "tanh", "--interval", "-3", "3", "--degree", "5", "--json"],

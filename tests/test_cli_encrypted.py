@@ -124,7 +124,7 @@ def test_bring_your_own_model_end_to_end_through_the_command_line(digits, tmp_pa
     assert code == 0, err
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: a process pool
 def test_encrypt_run_agrees_with_plaintext(pann_file, digits, workers, capsys):
     path, pann = pann_file
     argv = ["encrypt-run", str(path), "--samples", "200", "--packing", "batch", "--workers", str(workers),
@@ -136,6 +136,7 @@ def test_encrypt_run_agrees_with_plaintext(pann_file, digits, workers, capsys):
     assert figures["accuracy"] == figures["plaintext_accuracy"]
 
 
+@pytest.mark.slow
 def test_process_pool_outputs_equal_plaintext_order(pann_file, digits):
     from he_backend.parallel import run_encrypted
 

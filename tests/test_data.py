@@ -132,6 +132,7 @@ def _ridge_accuracy(ds):
     return RidgeClassifier().fit(flat(ds.x_train), ds.y_train.numpy()).score(flat(ds.x_test), ds.y_test.numpy())
 
 
+@pytest.mark.slow  # renders digits32 seven times (4 copies once): seconds
 def test_digits32_is_deterministic_colour_32x32_and_split_before_rendering():
     a, b = data.digits32(copies=1), data.load_dataset("digits32")
     assert a.x_train.shape == (1437, 3, 32, 32) and a.x_test.shape == (360, 3, 32, 32)

@@ -79,7 +79,14 @@ ENCRYPTED_MARKS = {"vgg_maxpool": TOO_DEEP, "mixer_gelu": ZERO_DIAGONAL}
 @pytest.mark.parametrize("name", [pytest.param(n, marks=ENCRYPTED_MARKS[n]) if n in ENCRYPTED_MARKS else n
                                   for n in sorted(gauntlet.ENTRIES)])
 def test_architecture_runs_encrypted_with_the_pann_top1(rows, digits, name):
+    """One image (sample packing: a second one is a second, identical evaluation), checked for its
+    top-1 and for every logit within 2^-10 of the largest: any wrong rotation, diagonal or rescale
+    is far outside that (the runs reach 2^-14 to 2^-21)."""
     row = _row(rows, digits, name)
     assert row["depth"] <= gauntlet.MAX_ENCRYPTED_DEPTH
-    result = gauntlet.run_encrypted(row, digits, samples=2)
+    result = gauntlet.run_encrypted(row, digits, samples=1)
     assert result["encrypted_agreement"] == 100.0, result
+    _, pann, _, _ = row["_"]
+    with torch.no_grad():
+        scale = pann.double()(digits.x_test[:1].double()).abs().max().item()
+    assert result["encrypted_max_error"] < 2**-10 * scale, result

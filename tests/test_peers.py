@@ -32,6 +32,7 @@ def test_orion_ring_refuses_what_cannot_be_secure():
         bench_peers._orion_ring(40, 40, 13)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: seconds
 def test_worker_answers_json_lines_and_reports_errors():
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--worker", "polyact"], env=env, text=True,

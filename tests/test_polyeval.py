@@ -11,8 +11,6 @@ from he_backend.keys import KeyHolder
 from he_backend.params import CkksParams, choose_params
 from he_backend.polyeval import PolyEvaluator, chebyshev_divide, evaluate_twin, plan_polynomial
 
-pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
-
 RNG = np.random.default_rng(0)
 
 
@@ -121,6 +119,7 @@ def test_too_few_levels_is_a_clear_error(small_keys):
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # CKKS memory: in another interpreter (tests/isolation.py)
 @pytest.mark.parametrize("degree", [15, 31, 63])
 def test_activation_polynomials_keep_20_bits_at_scale_2_40(degree):
     keys = KeyHolder(choose_params(math.ceil(math.log2(degree + 1)), min_scale_bits=40))

@@ -8,8 +8,6 @@ import he_backend
 from he_backend.profile import instrumented, profile
 from polyact.convert import convert
 
-pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
-
 
 @pytest.fixture(scope="module")
 def small_plan(digits, digits_mlp):
@@ -23,6 +21,7 @@ def mlp_profile(small_plan, digits):
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # CKKS memory: in another interpreter (tests/isolation.py)
 def test_profile_counts_equal_the_plans_prediction(small_plan, mlp_profile):
     predicted = {r["step"]: r for r in small_plan.counts()}
     assert [r["step"] for r in mlp_profile.steps] == list(predicted)
@@ -39,6 +38,7 @@ def test_profile_counts_equal_the_plans_prediction(small_plan, mlp_profile):
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # CKKS memory: in another interpreter (tests/isolation.py)
 def test_profile_times_add_up(mlp_profile):
     step_sum = sum(r["seconds"] for r in mlp_profile.steps)
     assert step_sum == pytest.approx(mlp_profile.total_seconds, rel=0.05)
@@ -50,6 +50,7 @@ def test_profile_times_add_up(mlp_profile):
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # CKKS memory: in another interpreter (tests/isolation.py)
 def test_warm_cache_skips_the_weight_encodes(small_plan, digits, mlp_profile):
     cold = profile(small_plan, digits.x_test[0].numpy(), warmup=0)
     weights = sum(r["pt_mults"] for r in small_plan.counts() if r["kind"] == "affine")
@@ -86,6 +87,7 @@ def test_profile_refuses_negative_warmup(small_plan, digits):
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # CKKS memory: in another interpreter (tests/isolation.py)
 def test_cli_bench_profile_prints_the_plans_counts(tmp_path, digits, digits_mlp, small_plan, capsys):
     import json
 

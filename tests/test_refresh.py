@@ -386,12 +386,13 @@ def test_service_rounds_per_session(service, mlp_plan, digits):
 @pytest.mark.slow
 def test_refresh_covers_every_ciphertext_of_a_value_spanning_several():
     """18 x 16 x 16 = 4608 values span two ciphertexts of 4096 slots at N = 8192: the refresh
-    masks, sends, re-encrypts and unmasks both, and its byte count says so."""
+    masks, sends, re-encrypts and unmasks both, and its byte count says so. (The second
+    convolution narrows to 4 channels: the segment after the refresh stays small.)"""
     from torch import nn
 
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(1, 18, 3, padding=1), nn.ReLU(), nn.Conv2d(18, 18, 3, padding=1), nn.ReLU(),
-                          nn.AvgPool2d(4), nn.Flatten(), nn.Linear(18 * 16, 10)).eval()
+    model = nn.Sequential(nn.Conv2d(1, 18, 3, padding=1), nn.ReLU(), nn.Conv2d(18, 4, 3, padding=1), nn.ReLU(),
+                          nn.AvgPool2d(4), nn.Flatten(), nn.Linear(4 * 16, 10)).eval()
     calib = torch.randn(32, 1, 16, 16)
     pann, _ = convert(model, calib, degree=2)
     pann = pann.double().eval()
@@ -403,7 +404,7 @@ def test_refresh_covers_every_ciphertext_of_a_value_spanning_several():
     assert plan.refresh_report()["bytes_down"] == 2 * 2 * n * level * 8
     client = plan.client()
     server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context())
-    x = calib[:2].double().numpy()
+    x = calib[:1].double().numpy()  # one image: its value already spans the two ciphertexts
     request = server.start(client.encrypt(x))
     assert unpack(request, REQUEST_KIND)[0]["count"] == 2 * len(x)  # sample packing: two ciphertexts per image
     out = client.decrypt(server.resume(client.refresh(request)))

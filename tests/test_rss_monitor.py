@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).parent
 MB = 2**20
 
@@ -82,6 +84,7 @@ def test_tests_over_the_limit_fail_and_the_summary_lists_them(tmp_path):
     assert peaks["test_allocates_and_frees_at_once"][1] < 0.1
 
 
+@pytest.mark.slow  # two pytest runs in fresh interpreters: seconds
 def test_the_limit_comes_from_the_environment_and_0_turns_it_off(tmp_path):
     code, output = _run(tmp_path, "-k", "frees or light", env={"POLYACT_MAX_RSS_GB": "0.3"})
     assert code == 1 and _outcomes(output)["test_allocates_and_frees_at_once"] == "FAILED", output

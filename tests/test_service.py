@@ -252,6 +252,7 @@ def test_sessions_expire_and_are_bounded():
     assert len(table) == 0
 
 
+@pytest.mark.slow
 def test_tokens_are_required_and_sessions_bounded_per_token(plan, tmp_path, digits):
     good, other = "g" * 32, "o" * 32
     (tmp_path / "tokens").write_text(f"# service tokens\n{good} 2\n{other}\n")
@@ -336,8 +337,11 @@ def test_rss_stays_within_the_budget_over_50_session_cycles(plan, digits):
     assert peak <= budget, f"RSS peaked at {peak / 2**20:.0f} MiB over a budget of {budget / 2**20:.0f} MiB"
 
 
+@pytest.mark.slow
 def test_concurrent_clients_lose_nothing(url, pann, digits):
-    clients, requests = 8, 5
+    """8 sessions at once, each sending its requests one after another; every answer is its own
+    image's logits (compared as values: a swapped answer of the same class would pass an argmax)."""
+    clients, requests = 8, 2
     x = digits.x_test[: clients * requests].numpy()
     remotes = [RemoteClient(url, timeout=TIMEOUT) for _ in range(clients)]
 
@@ -350,6 +354,7 @@ def test_concurrent_clients_lose_nothing(url, pann, digits):
     out = np.concatenate([o for _, o in sorted(results, key=lambda t: t[0])])
     ref = reference(pann, x)
     assert (out.argmax(1) == ref.argmax(1)).all()
+    assert (np.abs(out - ref).max(1) < 1e-2 * np.abs(ref).max(1)).all()
     for r in remotes:
         r.close()
 
@@ -365,6 +370,7 @@ def _self_signed(folder):
     return cert, key
 
 
+@pytest.mark.slow
 def test_polyact_serve_a_bundle_over_tls_with_tokens(pann, digits, tmp_path):
     path = tmp_path / "mlp.pann"
     save_pann(pann, path, input_shape=digits.input_shape, input_range=(0.0, 1.0))

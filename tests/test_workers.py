@@ -6,9 +6,8 @@ import he_backend
 from he_backend.serialization import unpack
 from polyact.convert import convert
 
-pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 
-
+@pytest.mark.isolated  # CKKS memory: this test runs in another interpreter (tests/isolation.py)
 @pytest.mark.slow
 def test_a_partner_process_computes_the_same_ciphertexts(digits, digits_cnn):
     pann, _ = convert(digits_cnn, digits, degree=3)

@@ -19,8 +19,6 @@ from polyact.literature import LITERATURE, LSLU, RAF
 from polyact.modules import PolyAct
 from test_fit import lp_minimax_error
 
-pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
-
 
 # ---- numpy references, written from the formulas in the papers ------------------------------
 def np_lslu(x, theta, omega):
@@ -253,6 +251,7 @@ def encrypted_inputs(trained, digits):
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # CKKS memory: in another interpreter (tests/isolation.py)
 @pytest.mark.parametrize("name", NAMES)
 def test_encrypted_run_agrees_with_the_pann(encrypted_inputs, name):
     panns, plans, keys, public, ciphertext, x = encrypted_inputs
