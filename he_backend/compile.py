@@ -37,7 +37,7 @@ from .serialization import PayloadError, pack, unpack
 PLAN_KIND = "plan"
 LAYOUT_KIND = "plan layout"
 PACKINGS = ("sample", "batch")
-KEY_MEMORY_BUDGET = 2 << 30  # bytes of Galois keys a server holds for one plan (about 9 keys at N = 32768, 20 primes)
+KEY_MEMORY_BUDGET = 2 << 30  # default bytes of Galois keys for one plan (about 9 keys at N = 32768, 20 primes)
 MAX_ROTATION_KEYS = 16
 
 
@@ -510,15 +510,16 @@ def check_gather(gather: np.ndarray, input_length: int, slots: int) -> None:
                          f"(or more than {slots} slots)")
 
 
-def _choose_rotations(steps: list[AffineStep | PolyStep], graph: PolyGraph, params: CkksParams) -> tuple[int, ...]:
+def _choose_rotations(steps: list[AffineStep | PolyStep], graph: PolyGraph, params: CkksParams,
+                      key_memory: int) -> tuple[int, ...]:
     """Galois key steps for the plan (:func:`he_backend.lowering.choose_keys`, as many as
-    :data:`KEY_MEMORY_BUDGET` holds) and every affine step's cheapest giant step with them."""
+    ``key_memory`` bytes hold, at least 2) and every affine step's cheapest giant step with them."""
     affine = [s for s in steps if isinstance(s, AffineStep) and not s.identity]
     sizes = {int(np.prod(n.shape[i:])) for n in graph.nodes.values() if getattr(n, "shape", None)
              for i in range(1, len(n.shape))}
     top = params.depth + 1
     key_bytes = 2 * (top + 1) * top * params.poly_modulus_degree * 8  # one key-switching key in memory
-    max_keys = int(min(MAX_ROTATION_KEYS, max(2, KEY_MEMORY_BUDGET // key_bytes)))
+    max_keys = int(min(MAX_ROTATION_KEYS, max(2, key_memory // key_bytes)))
     keys = choose_keys([s.shape for s in affine], params.slots, sizes, max_keys=max_keys)
     candidates = [1] + [abs(k) for k in keys.steps if abs(k) > 1]
     for s in affine:
@@ -568,6 +569,7 @@ def compile(
     max_levels: int | None = None,
     mask: MaskPolicy | None = None,
     cost: CostModel | None = None,
+    key_memory: int = KEY_MEMORY_BUDGET,
 ) -> Plan:
     """Compile ``pann`` for inputs of ``input_shape`` (no batch axis) into a :class:`Plan`.
 
@@ -582,9 +584,16 @@ def compile(
     joined by interactive refresh rounds placed at the cheapest points under ``cost`` and masked
     as ``mask`` says (:mod:`he_backend.refresh`). Given ``params`` without ``max_levels`` must
     hold the whole network, else :class:`ParameterError` says how many levels it needs.
+
+    Galois keys. The compiler picks the rotation steps that get keys (every other rotation is
+    composed of them) so that their evaluation keys take at most ``key_memory`` bytes in the
+    server's and the client's memory (default 2 GiB: about 9 keys at N = 32768 with 20 primes);
+    fewer keys cost more key switches per inference.
     """
     if packing not in PACKINGS:
         raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
+    if key_memory < 0:
+        raise ValueError(f"key_memory must be a number of bytes >= 0, got {key_memory}")
     if max_levels is not None and max_levels < 1:
         raise ValueError(f"max_levels must be >= 1, got {max_levels}")
     input_shape = tuple(int(v) for v in input_shape)
@@ -629,7 +638,7 @@ def compile(
     _prepare_affine(steps, int(np.prod(input_shape)) if gather is None else gather.size, block)
     if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):
         notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")
-    plan = Plan(params, input_shape, block, _choose_rotations(steps, graph, params), steps, graph.output, output_length,
+    plan = Plan(params, input_shape, block, _choose_rotations(steps, graph, params, key_memory), steps, graph.output, output_length,
                 packing, notes, mask=mask or MaskPolicy(), input_gather=gather)
     budget = params.depth if max_levels is None else min(params.depth, max_levels)
     if depth > budget:

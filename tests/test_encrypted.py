@@ -202,10 +202,10 @@ def test_ciphertexts_for_another_plan_are_refused(mlp_pair, digits, digits_cnn):
 ])
 def test_encrypted_networks_agree_with_the_pann(request, digits, fixture, options, packing, count):
     pann, _ = _pann(request.getfixturevalue(fixture), digits, **options)
-    plan = he_backend.compile(pann, digits.input_shape, packing)
+    # 512 MiB of Galois keys and a small weight cache keep the digits ResNet (N = 32768, client
+    # and server keys in one process) under the suite's 4 GB per test; a miss only re-encodes
+    plan = he_backend.compile(pann, digits.input_shape, packing, key_memory=512 << 20)
     client = plan.client()
-    # a small weight cache keeps the digits ResNet (N = 32768, client and server keys in one
-    # process) under the suite's 4 GB per test; a miss only re-encodes a diagonal
     server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context(), cache=PlaintextCache(256 << 20))
     x = digits.x_test[:count].numpy()
     out = client.decrypt(server.run(client.encrypt(x)))

@@ -111,3 +111,17 @@ def test_keys_of_positive_steps_rotate_as_composed():
         out = holder.decrypt(engine.rotate(ct, amount))
         np.testing.assert_allclose(out, np.roll(values, -amount), atol=1e-5)
         assert engine.counts["rotate"] - before == switches
+
+
+def test_key_memory_bounds_the_keys_and_fewer_keys_cost_more_switches(digits, digits_cnn):
+    import he_backend
+    from polyact.convert import convert
+
+    pann, _ = convert(digits_cnn, digits, degree=3)
+    pann = pann.double().eval()
+    few = he_backend.compile(pann, digits.input_shape, key_memory=0)
+    many = he_backend.compile(pann, digits.input_shape)
+    assert len(few.rotations) == 2 < len(many.rotations)
+    assert few.report()["totals"]["rotations"] > many.report()["totals"]["rotations"]
+    with pytest.raises(ValueError, match="key_memory"):
+        he_backend.compile(pann, digits.input_shape, key_memory=-1)
