@@ -195,7 +195,7 @@ def test_ciphertexts_for_another_plan_are_refused(mlp_pair, digits, digits_cnn):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fixture, options, packing, count", [
-    ("digits_cnn", {"degree": 7}, "batch", 64),
+    ("digits_cnn", {"degree": 7}, "batch", 17),  # 16 images per ciphertext: a full one and a partly filled one
     ("digits_cnn", {"degree": 2}, "sample", 2),
     ("digits_mlp", {"alpha": 4}, "batch", 64),
     pytest.param("digits_resnet", {"degree": 3}, "batch", 16, marks=pytest.mark.isolated(alone=True)),
