@@ -26,6 +26,9 @@ from polyact.rewrite import UnsupportedOperationError
 from polyact.trainer import evaluate, predict, train_classifier
 
 
+KEY_MEMORY = 256 << 20  # Galois keys per plan: client and server keys live in one process here
+
+
 # ---- torchvision-style residual blocks -----------------------------------------------------
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
@@ -271,7 +274,7 @@ def prepare(name: str, digits: data.Dataset, epochs: int, seed: int = 0) -> dict
                accuracy_pann=round(100.0 * (logits.argmax(1) == digits.y_test).float().mean().item(), 2),
                agreement_with_original=round(100.0 * (logits.argmax(1) == predict(model, digits.x_test).argmax(1)).float().mean().item(), 2))
     try:
-        plan = he_backend.compile(pann, digits.input_shape, packing="sample")
+        plan = he_backend.compile(pann, digits.input_shape, packing="sample", key_memory=KEY_MEMORY)
     except Exception as exc:  # ParameterError (too deep) or a layer the backend cannot lower
         return {**row, "compiled": False, "why": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
     x = digits.x_test[:64].double()

@@ -38,7 +38,7 @@ PLAN_KIND = "plan"
 LAYOUT_KIND = "plan layout"
 PACKINGS = ("sample", "batch")
 KEY_MEMORY_BUDGET = 2 << 30  # default bytes of Galois keys for one plan (about 9 keys at N = 32768, 20 primes)
-MAX_ROTATION_KEYS = 16
+MAX_ROTATION_KEYS = 8  # a key set larger than this saved little on the digits networks and cost memory
 
 
 def _input_map(polys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -243,7 +243,7 @@ def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair
     assert job.values == [{}]  # one ciphertext in flight; the server keeps none of its values, only masks
     assert set(vars(job)) == {"header", "values", "cut", "masks"} and set(job.header) <= {
         "block", "input_length", "output_length", "poly_modulus_degree", "coeff_bits", "samples", "per_ciphertext",
-        "key"}
+        "key", "input_layout"}
     cut = mlp_plan.cuts[0]
     true = mlp_plan.trace(x)[cut.names[0]]  # (8, length), samples packed in blocks
     masks = job.masks[0][0]

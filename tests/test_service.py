@@ -31,7 +31,7 @@ from polyact.storage import save_pann
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 
-LIMITS = ServiceLimits(session_ttl=600, max_sessions=12, max_body_bytes=20_000_000)
+LIMITS = ServiceLimits(session_ttl=600, max_sessions=12, max_body_bytes=64_000_000)
 TIMEOUT = 60  # seconds, for every HTTP call: a misbehaving server fails the test instead of hanging it
 OCTETS = {"Content-Type": "application/octet-stream"}
 
@@ -116,7 +116,8 @@ def test_health_and_layout_without_weights(url, plan):
     assert health["status"] == "ok" and health["depth"] == plan.depth
     layout = httpx.get(url + "/layout", timeout=TIMEOUT).content
     assert he_backend.PlanLayout.from_bytes(layout) == plan.layout()
-    assert len(layout) < 2000 < len(plan.to_bytes())  # the weights stay on the server
+    gather = 8 * len(plan.layout().input_gather)  # the replicated input layout: 8 bytes a slot
+    assert len(layout) < 2000 + gather < len(plan.to_bytes())  # the weights stay on the server
     bundle = he_backend.ClientBundle.from_bytes(httpx.get(url + "/client-bundle", timeout=TIMEOUT).content)
     assert bundle.layout == plan.layout() and bundle.input_range is None
 
@@ -285,7 +286,7 @@ def test_tokens_are_required_and_sessions_bounded_per_token(plan, tmp_path, digi
 
 def _budget(sessions):
     """Limits with a memory budget for this process, a 64 MiB weight cache and ``sessions`` sessions."""
-    return lambda plan: ServiceLimits(session_ttl=600, max_sessions=12, max_body_bytes=20_000_000, cache_bytes=64 << 20,
+    return lambda plan: ServiceLimits(session_ttl=600, max_sessions=12, max_body_bytes=64_000_000, cache_bytes=64 << 20,
                                       max_memory_bytes=rss_bytes() + (64 << 20) + evaluation_bytes(plan)
                                       + int(sessions * session_bytes(plan)) + upload_bytes(plan))
 
@@ -311,7 +312,7 @@ def test_memory_budget_refuses_sessions_before_reading_them(plan, digits):
 
 
 def test_a_full_table_answers_before_reading_the_context(plan):
-    limits = ServiceLimits(session_ttl=600, max_sessions=1, max_body_bytes=20_000_000)
+    limits = ServiceLimits(session_ttl=600, max_sessions=1, max_body_bytes=64_000_000)
     with serving(create_app(plan, limits)) as address:
         status, _ = post(address, "/sessions", he_backend.Client(plan).public_context())
         assert status == 200
@@ -371,6 +372,7 @@ def _self_signed(folder):
 
 
 @pytest.mark.slow
+@pytest.mark.isolated(alone=True)  # its own interpreter: the module's sessions leave SEAL's pool at its peak
 def test_polyact_serve_a_bundle_over_tls_with_tokens(pann, digits, tmp_path):
     path = tmp_path / "mlp.pann"
     save_pann(pann, path, input_shape=digits.input_shape, input_range=(0.0, 1.0))
