@@ -26,7 +26,7 @@ from polyact.rewrite import UnsupportedOperationError
 from polyact.trainer import evaluate, predict, train_classifier
 
 
-KEY_MEMORY = 256 << 20  # Galois keys per plan: client and server keys live in one process here
+KEY_MEMORY = 512 << 20  # Galois keys per plan: client and server keys live in one process here
 
 
 # ---- torchvision-style residual blocks -----------------------------------------------------

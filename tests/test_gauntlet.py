@@ -69,10 +69,7 @@ def test_vgg_keeps_max_pooling_as_polynomials(rows, digits):
 TOO_DEEP = pytest.mark.xfail(run=False, reason="depth 23 needs N = 32768: the encrypted run was OOM-killed at "
                               "18.7 GB resident (he_backend memory at that ring size)")
 
-
-ZERO_DIAGONAL = pytest.mark.xfail(raises=RuntimeError, reason="he_backend multiplies by an all-zero plaintext "
-                                  "diagonal: SEAL raises 'result ciphertext is transparent' (he_backend/layers.py affine)")
-ENCRYPTED_MARKS = {"vgg_maxpool": [TOO_DEEP], "mixer_gelu": [ZERO_DIAGONAL]}
+ENCRYPTED_MARKS = {"vgg_maxpool": [TOO_DEEP]}
 
 
 @pytest.mark.slow

@@ -125,3 +125,21 @@ def test_key_memory_bounds_the_keys_and_fewer_keys_cost_more_switches(digits, di
     assert few.report()["totals"]["rotations"] > many.report()["totals"]["rotations"]
     with pytest.raises(ValueError, match="key_memory"):
         he_backend.compile(pann, digits.input_shape, key_memory=-1)
+
+
+def test_two_keys_need_not_be_plus_minus_one():
+    """A map whose diagonals sit at multiples of 256 (a replicated input: offsets ``256 q``) with
+    room for two keys: +-1 cost one switch per slot of distance (more than 3000 here); the
+    chooser exchanges one of them for a larger step, and the exhaustive best pair of candidate
+    keys (searched here) is no cheaper than its choice."""
+    slots = 8192
+    offsets = 256 * np.arange(9)
+    shape = MapShape((offsets,), (offsets,))
+    babies = lambda keys: [1] + [abs(k) for k in keys.steps]  # noqa: E731
+    cost = lambda keys: min(shape.cost(b, keys) for b in babies(keys))  # noqa: E731
+    assert cost(KeySet((-1, 1), slots)) > 1000
+    chosen = choose_keys([shape], slots, sizes=(256,), max_keys=2)
+    assert len(chosen.steps) == 2
+    candidates = [s * m for m in [1 << j for j in range(13)] + [256] for s in (1, -1)]
+    best = min(cost(KeySet((a, b), slots)) for a in candidates for b in candidates if a < b)
+    assert cost(chosen) <= 2 * best < 100

@@ -221,7 +221,7 @@ def choose_keys(shapes: Sequence[MapShape], slots: int, sizes: Iterable[int] = (
 
     def best_exchange() -> tuple[int, set[int]] | None:
         options = [(total(KeySet(tuple(sorted(chosen - {key} | {c})), slots)), chosen - {key} | {c})
-                   for key in chosen - {1, -1} for m in magnitudes for c in (m, -m) if c not in chosen]
+                   for key in chosen for m in magnitudes for c in (m, -m) if c not in chosen]
         return min(options, key=lambda o: o[0]) if options else None
 
     for _ in range(4 * max_keys):  # additions while they pay, exchanges when they stop paying
