@@ -98,6 +98,9 @@ class Client:
         blobs = []
         for start in range(0, len(flat), per):
             group = flat[start : start + per]
+            if self.plan.input_period:  # one sample in one ciphertext, repeated over its slots
+                blobs.append(self.keys.encrypt_bytes(self.plan.sample_slots(group[0])))
+                continue
             slots = np.zeros(len(group) * count * block)
             for b, sample in enumerate(group):
                 packed = self.plan.pack_input(sample)

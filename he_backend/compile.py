@@ -29,6 +29,7 @@ from polyact.poly import ChebPoly, CompositePoly
 from .ckks import Engine
 from .layers import AffineStep, PolyStep, ciphertext_count
 from .lowering import KeySet, Layout, best_baby, choose_keys, choose_layout, count_diagonals, row_aligned_input
+from .lowering.cyclic import periodic
 from .params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth
 from .refresh import CostModel, Cut, MaskPolicy, leakage_bound, refresh_bytes, refresh_precision_bits
 from .segments import place_cuts, poly_values, reset_names, step_levels, value_bounds
@@ -39,6 +40,7 @@ LAYOUT_KIND = "plan layout"
 PACKINGS = ("sample", "batch")
 KEY_MEMORY_BUDGET = 2 << 30  # default bytes of Galois keys for one plan (about 9 keys at N = 32768, 20 primes)
 MAX_ROTATION_KEYS = 8  # a key set larger than this saved little on the digits networks and cost memory
+ROTATION_COST = 14  # plaintext products (with their additions) per key switch, measured at N = 16384
 
 
 def _input_map(polys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +96,11 @@ def _broadcast(values: np.ndarray, length: int) -> np.ndarray:
     return np.broadcast_to(values, (length,)).astype(np.float64) if values.size == 1 else values.astype(np.float64)
 
 
+def input_period(packing: str, input_slots: int, block: int) -> int:
+    """See :attr:`PlanLayout.input_period`."""
+    return 1 << max(0, (input_slots - 1).bit_length()) if packing == "sample" and input_slots <= block else 0
+
+
 @dataclass(frozen=True)
 class PlanLayout:
     """The public part of a plan, what a client needs to make keys, pack inputs and unpack
@@ -128,6 +135,24 @@ class PlanLayout:
             return flat
         gather = np.asarray(self.input_gather)
         return np.where(gather >= 0, flat[np.maximum(gather, 0)], 0.0)
+
+    @property
+    def input_period(self) -> int:
+        """With sample packing and the input in one ciphertext, the client repeats the packed
+        input every ``input_period`` slots (the power of two at or above its size), which
+        periodic maps read with fewer fold rotations (:mod:`he_backend.lowering.cyclic`); 0
+        otherwise."""
+        return input_period(self.packing, self.input_slots, self.block)
+
+    def sample_slots(self, flat: np.ndarray) -> np.ndarray:
+        """The slots of a one-ciphertext input of a flattened sample with sample packing: the
+        packed input repeated every :attr:`input_period` slots."""
+        if not self.input_period:
+            raise ValueError("only a sample-packed input in one ciphertext has one slot vector")
+        one = np.zeros(self.input_period)
+        packed = self.pack_input(flat)
+        one[: packed.size] = packed
+        return periodic(one, self.params.slots)
 
     @property
     def samples_per_ciphertext(self) -> int:
@@ -332,7 +357,8 @@ class Plan:
                 arrays[f"s{i}_b"] = s.bias
                 steps.append({"type": "affine", "name": s.name, "sources": s.sources, "length": s.length,
                               "shapes": [list(w.shape) for w in s.weights],
-                              "level": s.level, "scale": s.scale, "identity": s.identity, "baby": s.baby})
+                              "level": s.level, "scale": s.scale, "identity": s.identity, "baby": s.baby,
+                              "period": s.period})
             else:
                 for j, c in enumerate(s.stages):
                     arrays[f"s{i}_c{j}"] = c
@@ -361,13 +387,18 @@ class Plan:
                                               arrays[f"s{i}_w{j}_indptr"]), shape=tuple(shape))
                                for j, shape in enumerate(s["shapes"])]
                     steps.append(AffineStep(s["name"], s["sources"], weights, arrays[f"s{i}_b"], s["length"],
-                                            arrays[f"s{i}_pos"], s["level"], s["scale"], s["identity"], int(s["baby"])))
+                                            arrays[f"s{i}_pos"], s["level"], s["scale"], s["identity"], int(s["baby"]),
+                                            int(s.get("period", 0))))
                 else:
                     stages = [arrays[f"s{i}_c{j}"] for j in range(s["stages"])]
                     steps.append(PolyStep(s["name"], s["source"], s["length"], s["kind"], stages, s["product"],
                                           s["level"], s["scale"], positions=arrays[f"s{i}_pos"]))
             if any(s["type"] == "affine" and int(s["baby"]) < 1 for s in header["steps"]):
                 raise ValueError("a giant step below 1")
+            slots = CkksParams.from_dict(header["params"]).slots
+            periods = [s.period for s in steps if isinstance(s, AffineStep)]
+            if any(p < 0 or p > slots or p & (p - 1) for p in periods) or (any(periods) and header["packing"] != "sample"):
+                raise ValueError(f"a period that is not a power of two up to {slots} (or one without sample packing)")
             plan = cls(CkksParams.from_dict(header["params"]), tuple(header["input_shape"]), header["block"],
                        tuple(int(r) for r in header["rotations"]), steps, header["output"], header["output_length"], header["packing"],
                        header["notes"], [Cut.from_dict(c) for c in header.get("cuts", [])],
@@ -375,13 +406,14 @@ class Plan:
                        np.array(arrays["input_gather"]) if "input_gather" in arrays.files else None)
             if plan.input_gather is not None:
                 check_gather(plan.input_gather, int(np.prod(plan.input_shape)), plan.params.slots)
+            plan.prepare()  # a periodic map with slots beyond its periods fails here
         except (KeyError, ValueError, TypeError) as exc:
             raise PayloadError(f"corrupted plan: {exc}") from exc
-        plan.prepare()
         return plan
 
     def prepare(self) -> None:
-        _prepare_affine(self.steps, self.layout().input_slots, self.block)
+        layout = self.layout()
+        _prepare_affine(self.steps, layout.input_slots, self.block, self.params.slots, layout.input_period)
         for s in self.steps:
             if isinstance(s, PolyStep):
                 s.prepare(self.params.scale_bits)
@@ -473,14 +505,48 @@ def _assign_layouts(steps: list[AffineStep | PolyStep], graph: PolyGraph) -> lis
     return notes
 
 
-def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block: int) -> None:
-    """Source positions and tile diagonal offsets of every affine step."""
+def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block: int, slots: int,
+                    input_period: int) -> None:
+    """Source positions and periods and tile diagonal offsets of every affine step, and the
+    period of every polynomial's input."""
     positions = {INPUT: np.arange(input_length, dtype=np.int64)}
+    periods = {INPUT: input_period}
     for s in steps:
         if isinstance(s, AffineStep):
             s.source_positions = [positions[x] for x in s.sources]
+            s.source_periods = [periods[x] or slots for x in s.sources]
             s.prepare(block)
+            periods[s.name] = s.period if not s.identity else periods[s.sources[0]]
+        else:
+            s.period = periods[s.name] = periods[s.source]
         positions[s.name] = s.positions
+
+
+def _choose_periods(steps: list[AffineStep | PolyStep], block: int, slots: int, input_period: int) -> None:
+    """Per affine map (one sample per ciphertext, every value in one ciphertext), the tiled
+    diagonal method or a periodic map with the output period ``M`` that costs least
+    (:mod:`he_backend.lowering.cyclic`), in order, each with its sources' chosen periods. The
+    cost is ``ROTATION_COST`` products per key switch with a key for every power of two."""
+    keys = KeySet(tuple(sorted({1 << j for j in range(slots.bit_length() - 1)} | {-(1 << j) for j in range(slots.bit_length() - 1)})), slots)
+    babies = [1 << j for j in range(slots.bit_length() - 1)]
+    periods = {INPUT: input_period}
+    for s in steps:
+        if not isinstance(s, AffineStep):
+            s.period = periods[s.name] = periods[s.source]
+            continue
+        if s.identity:
+            periods[s.name] = periods[s.sources[0]]
+            continue
+        s.source_periods = [periods[x] or slots for x in s.sources]
+        smallest = 1 << max(0, int(s.positions.max()).bit_length()) if s.positions.size else 1
+        options = []
+        for period in [0] + [m for m in babies + [slots] if smallest <= m <= max(smallest, *s.source_periods)]:
+            s.period = period
+            s.prepare(block)
+            shape = s.shape
+            options.append((ROTATION_COST * min(shape.cost(b, keys) for b in babies) + s.diagonal_count, period))
+        s.period = periods[s.name] = min(options)[1]
+        s.prepare(block)
 
 
 def _replicate_input(steps: list[AffineStep | PolyStep], packing: str, slots: int) -> np.ndarray | None:
@@ -635,12 +701,16 @@ def compile(
         notes.append(f"input packed by the client in a replicated layout of {gather.size} slots for "
                      f"{next(s.name for s in steps if isinstance(s, AffineStep) and INPUT in s.sources)}")
     block = min(needed, params.slots)  # a tensor larger than the slots spans several ciphertexts
-    _prepare_affine(steps, int(np.prod(input_shape)) if gather is None else gather.size, block)
+    input_slots = int(np.prod(input_shape)) if gather is None else gather.size
+    period = input_period(packing, input_slots, block)
+    _prepare_affine(steps, input_slots, block, params.slots, period)
+    budget = params.depth if max_levels is None else min(params.depth, max_levels)
+    if packing == "sample" and depth <= budget and longest <= params.slots:
+        _choose_periods(steps, block, params.slots, period)  # refreshed values stay non-periodic: one copy to mask
     if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):
         notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")
     plan = Plan(params, input_shape, block, _choose_rotations(steps, graph, params, key_memory), steps, graph.output, output_length,
                 packing, notes, mask=mask or MaskPolicy(), input_gather=gather)
-    budget = params.depth if max_levels is None else min(params.depth, max_levels)
     if depth > budget:
         operations = _operations(plan)
         bounds = value_bounds(steps, _square_shifts(graph), plan.mask.margin)

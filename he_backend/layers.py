@@ -21,6 +21,12 @@ Galois key steps. The giant steps are cut into runs whose sums two processes can
 (:meth:`Runner.partial`). All products of a map land on one scale and one rescale finishes it, exactly
 at the step's target ``(level, scale)``. Diagonals come from the sparse weights
 (:mod:`he_backend.lowering`) and are only built when a plaintext is first encoded.
+
+Periodic maps. With one sample per ciphertext, a map with an output ``period`` ``M`` takes
+its diagonals modulo the periods of its inputs and finishes with a fold
+(:mod:`he_backend.lowering.cyclic`): its output repeats every ``M`` slots. The fold's rotations
+come after the rescale, one level lower (cheaper key switches). Polynomials keep their
+input's period (per-element coefficients are laid out with it).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ import tenseal.sealapi as sa
 
 from .ckks import Engine
 from .lowering import KeySet, MapShape, TileOffsets, baby_chain, giant_runs, split_offsets, tile_diagonals, tile_offsets
+from .lowering.cyclic import cyclic_diagonals, cyclic_offsets, fold_steps, fold_width, periodic
 from .lowering.rotations import GIANT_RUNS
 from .polyeval import PolyEvaluator, PolyPlan, plan_polynomial
 
@@ -56,7 +63,9 @@ def ciphertext_count(positions: np.ndarray, block: int) -> int:
 class AffineStep:
     """``y = sum_i W_i x_i + b`` (folded; sparse ``W_i`` on flattened tensors), output
     ``length`` values at slot ``positions`` and ``(level, scale)``, giant step ``baby``;
-    ``source_positions`` are the slots of the inputs (set by the plan)."""
+    ``source_positions`` are the slots of the inputs and ``source_periods`` their periods (set
+    by the plan). ``period`` ``M > 0``: a periodic map whose output repeats every ``M`` slots
+    (module docstring); ``0``: the tiled diagonal method."""
 
     name: str
     sources: list[str]
@@ -68,15 +77,36 @@ class AffineStep:
     scale: float = 0.0
     identity: bool = False
     baby: int = 1
+    period: int = 0
     source_positions: list[np.ndarray] = field(default_factory=list, repr=False)
+    source_periods: list[int] = field(default_factory=list, repr=False)
     tiles: list[TileOffsets] = field(default_factory=list, repr=False)
 
     def prepare(self, block: int) -> None:
         """Diagonal offsets of every tile (no diagonal values yet)."""
-        self.tiles = [tile_offsets(w, p, self.positions, block) for w, p in zip(self.weights, self.source_positions)]
+        if self.period:
+            self.tiles = [{(0, 0): cyclic_offsets(w, p, self.positions, t, self.period)}
+                          for w, p, t in zip(self.weights, self.source_positions, self.source_periods)]
+        else:
+            self.tiles = [tile_offsets(w, p, self.positions, block) for w, p in zip(self.weights, self.source_positions)]
 
     def diagonals(self, source: int, block: int) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-        return tile_diagonals(self.weights[source], self.source_positions[source], self.positions, block)
+        """Per tile, offsets and the diagonals' table (rows of ``block`` slots, or of one fold
+        width for a periodic map)."""
+        w, p = self.weights[source], self.source_positions[source]
+        if self.period:
+            return {(0, 0): cyclic_diagonals(w, p, self.positions, self.source_periods[source], self.period,
+                                             self.fold_width)}
+        return tile_diagonals(w, p, self.positions, block)
+
+    @property
+    def fold_width(self) -> int:
+        return fold_width(self.period, self.source_periods)
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        """The fold's rotations after the sum (none for the tiled diagonal method)."""
+        return fold_steps(self.period, self.fold_width) if self.period else ()
 
     @property
     def offsets(self) -> list[int]:
@@ -90,7 +120,7 @@ class AffineStep:
     @property
     def shape(self) -> MapShape:
         """The offsets the rotation schedule depends on."""
-        return MapShape.of(self.tiles)
+        return MapShape.of(self.tiles, self.folds)
 
     def giant_runs(self) -> dict[int, list[list[int]]]:
         """Per output ciphertext, its distinct giant steps cut into runs (descending each)."""
@@ -121,6 +151,7 @@ class PolyStep:
     scale: float = 0.0
     plans: list[PolyPlan] = field(default_factory=list, repr=False)
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
+    period: int = 0  # its input's (set by the plan)
 
     def prepare(self, scale_bits: float) -> None:
         self.plans = [plan_polynomial(c, scale_bits=scale_bits) for c in self.stages] if self.kind == "series" else []
@@ -167,13 +198,12 @@ class Runner:
         self.partner = partner  # a he_backend.workers.Partner computing giant-step runs 1.. of every map
         self.engine = engine
         self.block = block
-        self.blocks = engine.slots // block
         self.cache = cache if cache is not None else PlaintextCache()
         self.poly = PolyEvaluator(engine)
 
     def _slots(self, values: np.ndarray) -> np.ndarray:
-        """A block's vector repeated in every block of the ciphertext."""
-        return np.tile(values, self.blocks)
+        """A block's (or a period's) vector repeated over the ciphertext."""
+        return periodic(values, self.engine.slots)
 
     def affine(self, step: AffineStep, values: Values) -> list[sa.Ciphertext]:
         if step.identity:
@@ -237,10 +267,14 @@ class Runner:
                 raise ValueError(f"{step.name}: output ciphertext {i} depends on no input (an all-zero weight block); "
                                  "the server cannot create a ciphertext without one")
             total = e.sum_terms(partials[i])
-            bias = slot_vector(step.bias, step.positions, self.block, i)
+            if step.period:  # rescaled first: the fold's key switches are one level cheaper
+                total = e.rescale(total)
+                for amount in step.folds:
+                    total = e.add(total, e.rotate(total, amount))
+            bias = slot_vector(step.bias, step.positions, step.period or self.block, i)
             if np.any(bias):
                 total = e.add_plain(total, self._slots(bias))
-            out.append(e.rescale(total))
+            out.append(total if step.period else e.rescale(total))
         return out
 
     def _horner(self, sums: dict[int, sa.Ciphertext], giants: list[int], baby: int) -> sa.Ciphertext:
@@ -277,5 +311,6 @@ class Runner:
         if plan.coefficients.ndim == 1:
             return plan
         return self.cache.get(("plan", id(plan), index), lambda: plan_polynomial(
-            np.stack([self._slots(slot_vector(c, step.positions, self.block, index)) for c in plan.coefficients]),
+            np.stack([self._slots(slot_vector(c, step.positions, step.period or self.block, index))
+                      for c in plan.coefficients]),
             baby=plan.baby, scale_bits=self.engine.params.scale_bits))

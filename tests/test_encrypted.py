@@ -113,6 +113,21 @@ def test_encrypted_mlp_matches_the_pann(mlp_plan, mlp_pair, digits):
     assert (out.argmax(1) == ref.argmax(1)).all()
 
 
+def test_every_output_slot_holds_an_output_or_zero(mlp_plan, mlp_pair, digits):
+    """Periodic maps fold partial sums together: the result ciphertext must carry the outputs
+    (repeated every period) and zeros, never a partial sum of weights and activations."""
+    pann, _, plan = mlp_plan
+    client, server = mlp_pair
+    output = next(s for s in plan.steps if s.name == plan.output)
+    assert output.period and output.folds, "the MLP's output map is expected to be periodic"
+    x = digits.x_test[:1].numpy()
+    slots = client.keys.decrypt(server.evaluate(client.keys.encrypt(plan.layout().sample_slots(x.reshape(-1)))))
+    one = np.zeros(output.period)
+    one[: plan.output_length] = _reference(pann, x)[0]
+    expected = np.tile(one, plan.params.slots // output.period)
+    assert precision_bits(slots, expected) > 14
+
+
 def test_consumed_depth_equals_the_plan(mlp_plan, mlp_pair, digits):
     _, _, plan = mlp_plan
     client, server = mlp_pair

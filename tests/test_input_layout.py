@@ -41,7 +41,11 @@ def test_sample_plans_pack_the_input_replicated_and_batch_plans_flat(digits, dig
     batch = he_backend.compile(pann, digits.input_shape, "batch")
     assert sample.input_gather is not None and batch.input_gather is None
     first = {p: next(r for r in plan.counts() if r["kind"] == "affine") for p, plan in (("s", sample), ("b", batch))}
-    assert first["s"]["pt_mults"] == 9 < first["b"]["pt_mults"]  # 3x3 kernel, one input channel
+    # 3x3 kernel, one input channel: the 9 taps of each output lie 1 period M apart, so one
+    # product and a fold of log2(slots / M) rotations (the batch plan: a diagonal per offset)
+    step = next(s for s in sample.steps if isinstance(s, he_backend.layers.AffineStep))
+    assert first["s"]["pt_mults"] == 1 and 9 < first["b"]["pt_mults"]
+    assert len(step.folds) == int(np.log2(sample.params.slots // step.period)) and step.period <= 1024
     x = digits.x_test[:3].double().numpy()
     np.testing.assert_allclose(sample.simulate(x), batch.simulate(x), atol=1e-9)
     layout = PlanLayout.from_bytes(sample.layout().to_bytes())

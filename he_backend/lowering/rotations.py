@@ -12,7 +12,8 @@ centred residue ``-B/2 <= r < B/2``. Its rotations (:meth:`MapShape.cost`) are
   from 0 on each side, each taken from the previous one on its side (``rot`` by ``r - r_prev``)
   or from ``x`` (``rot`` by ``r``), whichever is cheaper;
 * giant steps, per output ciphertext: a Horner chain over the distinct ``g`` in descending order
-  (``rot`` by ``(g_a - g_b) B`` between neighbours) and one final ``rot`` by ``g_min B``.
+  (``rot`` by ``(g_a - g_b) B`` between neighbours) and one final ``rot`` by ``g_min B``;
+* for a map on periodic values (:mod:`he_backend.lowering.cyclic`), the fold's rotations.
 
 The giant steps are cut into :data:`GIANT_RUNS` independent runs (each ends with its own final
 rotation, about one key switch more), so that two processes can share one map: each makes the
@@ -141,13 +142,15 @@ def _horner_cost(keys: KeySet, giants: np.ndarray, baby: int) -> int:
 @dataclass(frozen=True)
 class MapShape:
     """What the rotation count of one affine map depends on: per input ciphertext (of each
-    source), its diagonal offsets; per output ciphertext, its offsets."""
+    source), its diagonal offsets; per output ciphertext, its offsets; the ``folds`` (rotations
+    made once after the sum, :mod:`he_backend.lowering.cyclic`)."""
 
     inputs: tuple[np.ndarray, ...]
     outputs: tuple[np.ndarray, ...]
+    folds: tuple[int, ...] = ()
 
     @classmethod
-    def of(cls, sources: Sequence[TileOffsets]) -> "MapShape":
+    def of(cls, sources: Sequence[TileOffsets], folds: Sequence[int] = ()) -> "MapShape":
         by_input: dict[tuple[int, int], list[np.ndarray]] = {}
         by_output: dict[int, list[np.ndarray]] = {}
         for s, tiles in enumerate(sources):
@@ -158,7 +161,12 @@ class MapShape:
         def join(groups: dict) -> tuple[np.ndarray, ...]:
             return tuple(np.unique(np.concatenate(v)) for _, v in sorted(groups.items()))
 
-        return cls(join(by_input), join(by_output))
+        return cls(join(by_input), join(by_output), tuple(int(f) for f in folds))
+
+    @property
+    def key(self) -> tuple:
+        """Equal for maps of equal shape."""
+        return tuple(a.tobytes() for a in self.inputs) + (b"|",) + tuple(a.tobytes() for a in self.outputs) + self.folds
 
     def split(self, baby: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """With giant step ``baby``: per input, the distinct residues; per output, its runs
@@ -171,7 +179,8 @@ class MapShape:
         """Key switches per evaluation with giant step ``baby`` (see the module docstring);
         ``split`` is :meth:`split` of ``baby``, when already made."""
         residues, runs = split if split is not None else self.split(baby)
-        return sum(_baby_cost(keys, r) for r in residues) + sum(_horner_cost(keys, g, baby) for g in runs)
+        return (sum(_baby_cost(keys, r) for r in residues) + sum(_horner_cost(keys, g, baby) for g in runs)
+                + int(keys.cost(list(self.folds)).sum()))
 
 
 def best_baby(shape: MapShape, keys: KeySet, candidates: Sequence[int]) -> tuple[int, int]:
@@ -197,8 +206,7 @@ def choose_keys(shapes: Sequence[MapShape], slots: int, sizes: Iterable[int] = (
     magnitudes = candidate_steps(slots, sizes)
     unique = {}
     for shape in shapes:  # identical maps (repeated blocks) are costed once, weighted
-        key = tuple(a.tobytes() for a in shape.inputs) + (b"|",) + tuple(a.tobytes() for a in shape.outputs)
-        unique.setdefault(key, [shape, 0])[1] += 1
+        unique.setdefault(shape.key, [shape, 0])[1] += 1
 
     splits = {(id(shape), b): shape.split(b) for shape, _ in unique.values() for b in [1, *magnitudes]}
 
@@ -207,7 +215,8 @@ def choose_keys(shapes: Sequence[MapShape], slots: int, sizes: Iterable[int] = (
         return sum(count * min(shape.cost(b, keys, splits[(id(shape), b)]) for b in babies)
                    for shape, count in unique.values())
 
-    if not unique or all(a.size == 0 or not a.any() for s, _ in unique.values() for a in s.inputs + s.outputs):
+    if not unique or all(not s.folds and all(a.size == 0 or not a.any() for a in s.inputs + s.outputs)
+                         for s, _ in unique.values()):
         return KeySet((), slots)
     chosen = {1, -1}
     current = total(KeySet(tuple(sorted(chosen)), slots))
