@@ -17,7 +17,8 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -506,15 +507,17 @@ def _assign_layouts(steps: list[AffineStep | PolyStep], graph: PolyGraph) -> lis
 
 
 def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block: int, slots: int,
-                    input_period: int) -> None:
-    """Source positions and periods and tile diagonal offsets of every affine step, and the
-    period of every polynomial's input."""
+                    input_period: int, choose: Callable[[AffineStep], None] | None = None) -> None:
+    """Source positions and periods and tile diagonal offsets of every affine step (after
+    ``choose`` set its period, when given), and the period of every polynomial's input."""
     positions = {INPUT: np.arange(input_length, dtype=np.int64)}
     periods = {INPUT: input_period}
     for s in steps:
         if isinstance(s, AffineStep):
             s.source_positions = [positions[x] for x in s.sources]
             s.source_periods = [periods[x] or slots for x in s.sources]
+            if choose is not None and not s.identity:
+                choose(s)
             s.prepare(block)
             periods[s.name] = s.period if not s.identity else periods[s.sources[0]]
         else:
@@ -522,31 +525,19 @@ def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block
         positions[s.name] = s.positions
 
 
-def _choose_periods(steps: list[AffineStep | PolyStep], block: int, slots: int, input_period: int) -> None:
-    """Per affine map (one sample per ciphertext, every value in one ciphertext), the tiled
-    diagonal method or a periodic map with the output period ``M`` that costs least
-    (:mod:`he_backend.lowering.cyclic`), in order, each with its sources' chosen periods. The
-    cost is ``ROTATION_COST`` products per key switch with a key for every power of two."""
-    keys = KeySet(tuple(sorted({1 << j for j in range(slots.bit_length() - 1)} | {-(1 << j) for j in range(slots.bit_length() - 1)})), slots)
-    babies = [1 << j for j in range(slots.bit_length() - 1)]
-    periods = {INPUT: input_period}
-    for s in steps:
-        if not isinstance(s, AffineStep):
-            s.period = periods[s.name] = periods[s.source]
-            continue
-        if s.identity:
-            periods[s.name] = periods[s.sources[0]]
-            continue
-        s.source_periods = [periods[x] or slots for x in s.sources]
-        smallest = 1 << max(0, int(s.positions.max()).bit_length()) if s.positions.size else 1
-        options = []
-        for period in [0] + [m for m in babies + [slots] if smallest <= m <= max(smallest, *s.source_periods)]:
-            s.period = period
-            s.prepare(block)
-            shape = s.shape
-            options.append((ROTATION_COST * min(shape.cost(b, keys) for b in babies) + s.diagonal_count, period))
-        s.period = periods[s.name] = min(options)[1]
-        s.prepare(block)
+def _cheapest_period(step: AffineStep, block: int, slots: int) -> None:
+    """Set ``step.period`` to the tiled diagonal method (0) or the output period ``M`` of a
+    periodic map (:mod:`he_backend.lowering.cyclic`) that costs least for its sources' periods:
+    ``ROTATION_COST`` products per key switch, with a key for every power of two."""
+    powers = [1 << j for j in range(slots.bit_length() - 1)]
+    keys = KeySet(tuple(powers + [-p for p in powers]), slots)
+    smallest = 1 << int(step.positions.max()).bit_length() if step.positions.size else 1
+    options = []
+    for period in [0] + [m for m in powers + [slots] if smallest <= m <= max(smallest, *step.source_periods)]:
+        step.period = period
+        step.prepare(block)
+        options.append((ROTATION_COST * min(step.shape.cost(b, keys) for b in powers) + step.diagonal_count, period))
+    step.period = min(options)[1]
 
 
 def _replicate_input(steps: list[AffineStep | PolyStep], packing: str, slots: int) -> np.ndarray | None:
@@ -702,11 +693,10 @@ def compile(
                      f"{next(s.name for s in steps if isinstance(s, AffineStep) and INPUT in s.sources)}")
     block = min(needed, params.slots)  # a tensor larger than the slots spans several ciphertexts
     input_slots = int(np.prod(input_shape)) if gather is None else gather.size
-    period = input_period(packing, input_slots, block)
-    _prepare_affine(steps, input_slots, block, params.slots, period)
     budget = params.depth if max_levels is None else min(params.depth, max_levels)
-    if packing == "sample" and depth <= budget and longest <= params.slots:
-        _choose_periods(steps, block, params.slots, period)  # refreshed values stay non-periodic: one copy to mask
+    periodic_maps = packing == "sample" and depth <= budget and longest <= params.slots  # not across refreshes
+    _prepare_affine(steps, input_slots, block, params.slots, input_period(packing, input_slots, block),
+                    partial(_cheapest_period, block=block, slots=params.slots) if periodic_maps else None)
     if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):
         notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")
     plan = Plan(params, input_shape, block, _choose_rotations(steps, graph, params, key_memory), steps, graph.output, output_length,
