@@ -11,7 +11,9 @@ time per sample and its range, the per-request ratio polyact / Orion (median and
 precision in bits of each side against the exact-GELU torch network, levels used, request sizes
 and compile times. ``--polyact-workers 2`` adds the arm ``polyact_2p``: the same polyact server
 sharing every request with a partner process (:mod:`he_backend.workers`, two cores), reported
-as the ratio polyact (one process) / polyact_2p.
+as the ratio polyact (one process) / polyact_2p; with ``--request-images K`` also the arms
+``polyact_reqK`` and ``polyact_2p_reqK``: one request of ``K`` images (time per image), in one
+process and shared with the partner (which then runs half of the images), and their ratio.
 
 Orion lives in its own virtual environment (it pins torch 2.14.1 + torchvision):
     python3 -m venv orion-venv && orion-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 orion-fhe==1.0.2
@@ -99,14 +101,15 @@ class PolyactWorker:
                     "scale_bits": plan.params.scale_bits, "coeff_bits": list(plan.params.coeff_bits),
                     **plan.report()["totals"]}
         net = self.nets[request["network"]]
-        x = arrays["x_test"][request["index"]: request["index"] + 1]
+        images = request.get("images", 1)  # one request of this many images, timed per image
+        x = arrays["x_test"][request["index"]: request["index"] + images]
         payload = net["client"].encrypt(x)
         server = net["servers"][request.get("workers", 1)]
         start = time.perf_counter()
         response = server.run(payload)
-        seconds = time.perf_counter() - start
+        seconds = (time.perf_counter() - start) / images
         return {"server_s": seconds, "output": net["client"].decrypt(response)[0].tolist(),
-                "request_bytes": len(payload)}
+                "request_bytes": len(payload) // images}
 
 
 ORION_BASE_BITS, ORION_SPECIAL_BITS = 50, 60  # a 50-bit base prime, one 60-bit special prime
@@ -272,6 +275,8 @@ def main() -> None:
     parser.add_argument("--orion-logn", type=int, default=14, help="largest ring for Orion (log2 N)")
     parser.add_argument("--polyact-workers", type=int, default=1, choices=[1, 2],
                         help="2: also time polyact with a partner process per request (two cores; an extra arm)")
+    parser.add_argument("--request-images", type=int, default=1,
+                        help="with --polyact-workers 2 and K > 1: also time requests of K images (two more arms)")
     parser.add_argument("--orion-levels", nargs="+", default=["mlp=5", "cnn=11"],
                         help="primes above the base prime Orion gets per network (what its compile asks for)")
     args = parser.parse_args()
@@ -314,11 +319,14 @@ def main() -> None:
             setup["orion"] = workers["orion"].ask(op="setup", network=name, npz=str(npz), degree=args.degree,
                                                   logn=logn, scale_bits=scale_bits, levels=levels)
             setup["orion"]["scale_bits"] = scale_bits
-        arms = {"polyact": ("polyact", 1)}
+        arms = {"polyact": ("polyact", 1, 1)}  # arm -> (worker, processes, images per request)
         if args.polyact_workers > 1:
-            arms["polyact_2p"] = ("polyact", 2)
+            arms["polyact_2p"] = ("polyact", 2, 1)
+            if args.request_images > 1:
+                k = args.request_images
+                arms[f"polyact_req{k}"], arms[f"polyact_2p_req{k}"] = ("polyact", 1, k), ("polyact", 2, k)
         if "orion" in workers:
-            arms["orion"] = ("orion", 1)
+            arms["orion"] = ("orion", 1, 1)
         times = {a: [] for a in arms}
         outputs = {a: {} for a in arms}
         sizes, orion_levels = {}, None
@@ -326,8 +334,9 @@ def main() -> None:
         for round_ in range(args.rounds):
             load.append(os.getloadavg()[0])
             for i in range(args.samples):
-                for arm, (kind, processes) in arms.items():
-                    reply = workers[kind].ask(op="infer", network=name, npz=str(npz), index=i, workers=processes)
+                for arm, (kind, processes, images) in arms.items():
+                    reply = workers[kind].ask(op="infer", network=name, npz=str(npz), index=i, workers=processes,
+                                              images=images)
                     times[arm].append(reply["server_s"])
                     outputs[arm][i] = reply["output"]
                     sizes[arm] = reply["request_bytes"]
@@ -336,16 +345,19 @@ def main() -> None:
         labels = digits.y_test[: args.samples].numpy()
         row = {"network": f"{name}/gelu", "degree": args.degree, "rounds": args.rounds, "samples": args.samples,
                "load_1min": _spread(load)}
-        for arm, (kind, processes) in arms.items():
+        for arm, (kind, processes, _) in arms.items():
             out = np.array([outputs[arm][i] for i in range(args.samples)])
             c = compare(out, ref, labels)
             row[arm] = {"server_s": _spread(times[arm]), "precision_bits": c["precision_bits"], "processes": processes,
                         "agreement": c["agreement"], "request_bytes": sizes[arm], **setup[kind]}
             if kind == "orion":
                 row[arm]["levels"] = orion_levels
-        for arm in arms:
-            if arm != "polyact":  # per request, interleaved: polyact (1 process) over this arm
+        for arm, (kind, processes, images) in arms.items():
+            if arm != "polyact" and images == 1:  # per request, interleaved: polyact (1 process) over this arm
                 row[f"ratio_polyact_over_{arm}"] = _spread([p / o for p, o in zip(times["polyact"], times[arm])])
+            elif processes == 2:  # the same K-image request in one process over two
+                one = times[f"polyact_req{images}"]
+                row[f"ratio_polyact_req{images}_over_{arm}"] = _spread([p / o for p, o in zip(one, times[arm])])
         rows.append(row)
         _print_row(row)
     for worker in workers.values():
@@ -356,10 +368,10 @@ def main() -> None:
 def _print_row(row: dict) -> None:
     print(f"\n{row['network']} (degree {row['degree']}, {row['rounds']} rounds x {row['samples']} images, "
           f"1-min load {row['load_1min']['median']:.1f})")
-    print(f"{'arm':<11} {'server s med':>12} {'range':>17} {'bits':>6} {'levels':>6} {'req KB':>8} {'compile s':>9}")
+    print(f"{'arm':<16} {'server s med':>12} {'range':>17} {'bits':>6} {'levels':>6} {'req KB':>8} {'compile s':>9}")
     for arm in [k for k in row if isinstance(row[k], dict) and "server_s" in row[k]]:
         r, s = row[arm], row[arm]["server_s"]
-        print(f"{arm:<11} {s['median']:>12.3f} {s['min']:>8.3f}-{s['max']:<8.3f} {r['precision_bits']:>6.1f} "
+        print(f"{arm:<16} {s['median']:>12.3f} {s['min']:>8.3f}-{s['max']:<8.3f} {r['precision_bits']:>6.1f} "
               f"{r['levels']!s:>6} {r['request_bytes'] / 1e3:>8.0f} {r['compile_s']:>9.1f}")
     for key in [k for k in row if k.startswith("ratio_")]:
         q = row[key]

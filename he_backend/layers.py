@@ -192,7 +192,8 @@ Values = dict[str, list[sa.Ciphertext]]  # every value: its ciphertexts
 
 class Runner:
     """Executes affine and polynomial steps with one :class:`Engine` (server side); with a
-    ``partner`` process, every affine map is shared with it (:mod:`he_backend.workers`)."""
+    ``partner`` process, every affine map with several giant-step runs is shared with it
+    (:mod:`he_backend.workers`)."""
 
     def __init__(self, engine: Engine, block: int, cache: PlaintextCache | None = None, partner: Any = None) -> None:
         self.partner = partner  # a he_backend.workers.Partner computing giant-step runs 1.. of every map
@@ -208,7 +209,7 @@ class Runner:
     def affine(self, step: AffineStep, values: Values) -> list[sa.Ciphertext]:
         if step.identity:
             return values[step.sources[0]]
-        if self.partner is None:
+        if self.partner is None or all(len(runs) < 2 for runs in step.giant_runs().values()):  # nothing to share
             return self.combine(step, self.partial(step, values, range(GIANT_RUNS)))
         self.partner.start(step, values)
         mine = self.partial(step, values, [0])

@@ -46,8 +46,9 @@ class Server:
     """Holds a :class:`Plan` and a public context (refused if it contains a secret key);
     :meth:`run` maps the client's ciphertext bytes to result bytes. Servers of one plan may
     share a :class:`~he_backend.layers.PlaintextCache` (encoded weights). ``workers=2`` shares
-    every affine map of a request with a partner process (:mod:`he_backend.workers`): two
-    cores, the same bytes out; :meth:`close` stops it."""
+    each request with a partner process (:mod:`he_backend.workers`: half of the inputs of a
+    request of several, else half of every affine map): two cores, the same bytes out;
+    :meth:`close` stops it."""
 
     def __init__(self, plan: Plan, public_context: bytes, cache: PlaintextCache | None = None, *,
                  flood_std: float = 0.0, workers: int = 1) -> None:
@@ -70,6 +71,7 @@ class Server:
             raise ValueError(f"workers must be 1 or 2 (processes per request), got {workers!r}")
         partner = Partner(plan.to_bytes(), public_context) if workers == 2 else None
         self.runner = Runner(self.engine, plan.block, cache, partner)
+        self._solo = Runner(self.engine, plan.block, self.runner.cache)  # while the partner runs other inputs
         self.flood_std = flood_std
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
 
@@ -108,11 +110,31 @@ class Server:
                 f"expects fresh ciphertexts at level {top} and scale 2^{self.plan.params.scale_bits}"
             )
 
-    def _segment(self, values: Values, start: int, stop: int) -> Values:
+    def _segment(self, values: Values, start: int, stop: int, runner: Runner | None = None) -> Values:
+        runner = runner or self.runner
         for step in self.plan.steps[start:stop]:
-            values[step.name] = self.runner.affine(step, values) if isinstance(step, AffineStep) \
-                else self.runner.polynomial(step, values)
+            values[step.name] = runner.affine(step, values) if isinstance(step, AffineStep) \
+                else runner.polynomial(step, values)
         return values
+
+    def segment(self, values: Values, start: int, stop: int, runner: Runner | None = None) -> Values:
+        """Steps ``start:stop`` on one input's live ``values``; only what is read after ``stop``
+        comes back (the output, or the live values of the refresh there)."""
+        values = self._segment(values, start, stop, runner)
+        after = [self.plan.output] if stop == len(self.plan.steps) else \
+            next(c.names for c in self.plan.cuts if c.position == stop)
+        return {name: values[name] for name in after}
+
+    def _segments(self, inputs: list[Values], start: int, stop: int) -> list[Values]:
+        """:meth:`segment` of every input; with a partner and several inputs, the partner runs
+        the second half of them meanwhile."""
+        partner = self.runner.partner
+        if partner is None or len(inputs) < 2:
+            return [self.segment(v, start, stop) for v in inputs]
+        half = -(-len(inputs) // 2)
+        partner.start_segment(start, stop, inputs[half:])
+        mine = [self.segment(v, start, stop, self._solo) for v in inputs[:half]]
+        return mine + partner.segment_result(self.engine.context)
 
     def _rounds_message(self) -> str:
         return (f"this plan needs {len(self.plan.cuts)} refresh round(s) with the client; drive them with "
@@ -154,13 +176,13 @@ class Server:
                                    values, 0, []))
 
     def _advance(self, job: _Job) -> bytes:
-        """Run the job's current segment, one ciphertext at a time (only its results or masked
-        live values are kept); answer with the results or the next refresh request."""
+        """Run the job's current segment on every input (only their results or live values are
+        kept); answer with the results or the next refresh request."""
         start, stop = self.plan.segments[job.cut]
         last = job.cut == len(self.plan.cuts)
         sections, job.masks = [], []
-        for i, v in enumerate(job.values):
-            v = self._segment(v, start, stop)
+        outputs = self._segments(job.values, start, stop)
+        for i, v in enumerate(outputs):
             job.values[i] = {}  # the refreshed copies replace everything at the next round
             if last:
                 sections += [seal_to_bytes(flood(self.engine, ct, self.flood_std) if self.flood_std else ct)

@@ -1,11 +1,17 @@
-"""A partner process that shares every affine map of a request: two cores per request.
+"""A partner process that shares a request: two cores per request.
 
 ``tenseal.sealapi`` keeps the GIL through SEAL's calls, so two threads of one process take as
 long as one. A :class:`Partner` is a second process (started from a forkserver) holding its own
-copy of the plan and of the *public* context. For each affine step the server sends it the
-step's input ciphertexts; the partner computes the sums of the giant-step runs ``1..`` while the
-server computes run 0 (:meth:`~he_backend.layers.Runner.partial`), and the server adds the two.
-Both make every baby rotation, so the result is byte for byte that of one process.
+copy of the plan and of the *public* context. It shares a request in one of two ways:
+
+* a request of several inputs: the partner runs a whole segment of the plan on the second half
+  of the inputs (:meth:`Partner.start_segment`) while the server runs the first half;
+* one input: for each affine step with several giant-step runs the server sends the step's
+  input ciphertexts; the partner computes the sums of the runs ``1..`` while the server computes
+  run 0 (:meth:`~he_backend.layers.Runner.partial`), and the server adds the two. Both make
+  every baby rotation.
+
+Either way the result is byte for byte that of one process.
 
 Messages are polyact containers (:mod:`he_backend.serialization`) of SEAL-serialised
 ciphertexts over a pipe, never pickles.
@@ -53,6 +59,22 @@ class Partner:
         header = {"step": step.name, "sources": [[name, len(values[name])] for name in step.sources]}
         self._conn.send_bytes(pack(REQUEST_KIND, header, [seal_to_bytes(ct) for name in step.sources
                                                           for ct in values[name]]))
+
+    def start_segment(self, start: int, stop: int, inputs: list[Values]) -> None:
+        """Send the live values of several inputs; the partner runs steps ``start:stop`` of the
+        plan on each (its own runner, not sharing maps back)."""
+        header = {"segment": [start, stop], "inputs": [[[name, len(cts)] for name, cts in v.items()] for v in inputs]}
+        self._conn.send_bytes(pack(REQUEST_KIND, header, [seal_to_bytes(ct) for v in inputs for cts in v.values()
+                                                          for ct in cts]))
+
+    def segment_result(self, context: sa.SEALContext) -> list[Values]:
+        """Per input sent by :meth:`start_segment`, the values read after the segment."""
+        header, sections = unpack(self._receive(), REPLY_KIND)
+        if "error" in header:
+            raise PartnerError(f"the partner process failed: {header['error']}")
+        blobs = iter(sections)
+        return [{name: [seal_from_bytes(sa.Ciphertext, next(blobs), context, "a partner's ciphertext") for _ in range(n)]
+                 for name, n in counts} for counts in header["outputs"]]
 
     def result(self, context: sa.SEALContext) -> dict[int, list[sa.Ciphertext]]:
         """The partner's sums per output ciphertext (after :meth:`start`)."""
@@ -103,11 +125,20 @@ def _serve(conn: Connection) -> None:
             return
         try:
             blobs = iter(sections)
-            values = {name: [seal_from_bytes(sa.Ciphertext, next(blobs), server.engine.context, "a ciphertext")
-                             for _ in range(count)] for name, count in header["sources"]}
-            sums = server.runner.partial(steps[header["step"]], values, range(1, GIANT_RUNS))
-            reply = pack(REPLY_KIND, {"outputs": [[i, len(cts)] for i, cts in sums.items()]},
-                         [seal_to_bytes(ct) for cts in sums.values() for ct in cts])
+
+            def read(counts: list) -> Values:
+                return {name: [seal_from_bytes(sa.Ciphertext, next(blobs), server.engine.context, "a ciphertext")
+                               for _ in range(count)] for name, count in counts}
+
+            if "segment" in header:
+                start, stop = header["segment"]
+                outputs = [server.segment(read(counts), start, stop) for counts in header["inputs"]]
+                reply = pack(REPLY_KIND, {"outputs": [[[name, len(cts)] for name, cts in v.items()] for v in outputs]},
+                             [seal_to_bytes(ct) for v in outputs for cts in v.values() for ct in cts])
+            else:
+                sums = server.runner.partial(steps[header["step"]], read(header["sources"]), range(1, GIANT_RUNS))
+                reply = pack(REPLY_KIND, {"outputs": [[i, len(cts)] for i, cts in sums.items()]},
+                             [seal_to_bytes(ct) for cts in sums.values() for ct in cts])
         except Exception as exc:  # reported to the parent, which raises it
             reply = pack(REPLY_KIND, {"error": f"{type(exc).__name__}: {exc}"}, [])
         conn.send_bytes(reply)

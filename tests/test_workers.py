@@ -1,5 +1,6 @@
 """Two processes per request (he_backend.workers): a partner process computes half of every
-affine map's giant-step runs; the result is the same bytes as one process's."""
+affine map's giant-step runs of one input, or half of the inputs of a request of several; the
+result is the same bytes as one process's."""
 import pytest
 
 import he_backend
@@ -33,3 +34,20 @@ def test_workers_must_be_one_or_two(digits, digits_mlp):
     plan = he_backend.compile(pann.double().eval(), digits.input_shape)
     with pytest.raises(ValueError, match="workers must be 1 or 2"):
         he_backend.Server(plan, plan.client().public_context(), workers=3)
+
+
+@pytest.mark.isolated
+@pytest.mark.slow
+def test_a_partner_runs_half_of_the_inputs_of_a_request(digits, digits_mlp):
+    pann, _ = convert(digits_mlp, digits, degree=3)
+    plan = he_backend.compile(pann.double().eval(), digits.input_shape)
+    client = plan.client()
+    request = client.encrypt(digits.x_test[:3].numpy())  # three ciphertexts: two here, one in the partner
+    alone = he_backend.Server(plan, client.public_context())
+    shared = he_backend.Server(plan, client.public_context(), workers=2)
+    try:
+        results = {1: alone.run(request), 2: shared.run(request)}
+    finally:
+        shared.close()
+    assert unpack(results[2], "results")[1] == unpack(results[1], "results")[1]
+    assert 3 * shared.engine.counts["pt_mul"] == 2 * alone.engine.counts["pt_mul"]
