@@ -7,7 +7,8 @@ activations, batch normalisation), folds the interval maps between composite sta
 stage coefficients, places every tensor in the slots (:mod:`he_backend.lowering`: flat or
 strided layouts, several ciphertexts per tensor when it does not fit one), chooses CKKS
 parameters for the network's depth, chooses the Galois keys and each affine map's rotation
-schedule, assigns every step its exact output level and scale, and counts the operations, all
+schedule (with sample packing, each map's output period: :mod:`he_backend.lowering.cyclic`),
+assigns every step its exact output level and scale, and counts the operations, all
 before anything is encrypted. Weights stay sparse throughout.
 
 The plan is what the server runs; ``plan.client()`` makes the matching client (keys, packing).
@@ -244,6 +245,16 @@ class Plan:
             return self.layout().input_ciphertexts
         step = next(s for s in self.steps if s.name == value)
         return ciphertext_count(step.positions, self.block)
+
+    def period(self, value: str) -> int:
+        """Slots after which a value (``"input"`` or a step's name) repeats; 0 when it does not
+        (:mod:`he_backend.lowering.cyclic`)."""
+        if value == INPUT:
+            return self.layout().input_period
+        step = next(s for s in self.steps if s.name == value)
+        if isinstance(step, AffineStep) and step.identity:
+            return self.period(step.sources[0])
+        return step.period
 
     def counts(self) -> list[dict[str, Any]]:
         """Per step: kind, length, output level, ciphertexts per sample, and the ciphertext
@@ -694,7 +705,7 @@ def compile(
     block = min(needed, params.slots)  # a tensor larger than the slots spans several ciphertexts
     input_slots = int(np.prod(input_shape)) if gather is None else gather.size
     budget = params.depth if max_levels is None else min(params.depth, max_levels)
-    periodic_maps = packing == "sample" and depth <= budget and longest <= params.slots  # not across refreshes
+    periodic_maps = packing == "sample" and longest <= params.slots
     _prepare_affine(steps, input_slots, block, params.slots, input_period(packing, input_slots, block),
                     partial(_cheapest_period, block=block, slots=params.slots) if periodic_maps else None)
     if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):

@@ -15,7 +15,8 @@ the client decrypts, keeps the real parts, re-encrypts them at the top level and
 Leakage. For any two values ``|v|, |v'| <= B`` the statistical distance between ``v + r`` and
 ``v' + r`` is ``|v - v'| / (2^(sigma+1) B) <= 2^-sigma`` per real coordinate, so what the client
 decrypts at a refresh is within ``2^-sigma`` per coordinate (``n 2^-sigma`` for ``n``
-coordinates, union bound: ``N 2^-sigma`` for a whole ciphertext of ``N/2`` complex slots) of a
+coordinates, union bound: ``N 2^-sigma`` for a whole ciphertext of ``N/2`` complex slots, ``2 M
+2^-sigma`` for a value repeating every ``M`` slots, whose copies share one mask) of a
 distribution that does not depend on ``v`` -- nor on the CKKS noise of the server's
 computation, which sits inside ``v``. Values outside ``[-B, B]`` (inputs far outside the
 calibration range) leak more, gracefully: the distance is ``|v - v'| / (2^(sigma+1) B)``.
@@ -51,6 +52,7 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from .ckks import Engine
+from .lowering.cyclic import periodic
 from .params import CkksParams
 from .serialization import PayloadError, unpack
 
@@ -216,13 +218,19 @@ def add_complex(engine: Engine, ct: sa.Ciphertext, values: np.ndarray) -> sa.Cip
     return out
 
 
-def mask(engine: Engine, ct: sa.Ciphertext, bound: float, sigma: int, level: int) -> tuple[sa.Ciphertext, np.ndarray]:
+def mask(engine: Engine, ct: sa.Ciphertext, bound: float, sigma: int, level: int,
+         period: int = 0) -> tuple[sa.Ciphertext, np.ndarray]:
     """``ct`` at ``level`` plus a fresh uniform mask of width ``2^sigma bound`` on the real and
     imaginary part of every slot; returns the masked ciphertext and the real part of the mask
-    (what the server subtracts after the client re-encrypted the real parts)."""
+    (what the server subtracts after the client re-encrypted the real parts). A value that
+    repeats every ``period`` slots (:mod:`he_backend.lowering.cyclic`) gets a mask that repeats
+    with it: its copies stay equal (the next steps read any of them) and the client sees each
+    masked coordinate once, not several independently masked samples of it."""
     width = 2.0**sigma * bound
-    real, imag = width * secure_uniform(engine.slots), width * secure_uniform(engine.slots)
-    return add_complex(engine, engine.mod_switch(ct, level), real + 1j * imag), real
+    count = period or engine.slots
+    real, imag = width * secure_uniform(count), width * secure_uniform(count)
+    noise = periodic(real + 1j * imag, engine.slots)
+    return add_complex(engine, engine.mod_switch(ct, level), noise), noise.real
 
 
 def unmask(engine: Engine, ct: sa.Ciphertext, real: np.ndarray) -> sa.Ciphertext:
