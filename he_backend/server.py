@@ -120,7 +120,7 @@ class Server:
     def segment(self, values: Values, start: int, stop: int, runner: Runner | None = None) -> Values:
         """Steps ``start:stop`` on one input's live ``values``; only what is read after ``stop``
         comes back (the output, or the live values of the refresh there)."""
-        values = self._segment(values, start, stop, runner)
+        values = self._segment(dict(values), start, stop, runner)  # its intermediates go when this returns
         after = [self.plan.output] if stop == len(self.plan.steps) else \
             next(c.names for c in self.plan.cuts if c.position == stop)
         return {name: values[name] for name in after}
