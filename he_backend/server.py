@@ -14,6 +14,8 @@ from itertools import islice
 import numpy as np
 import tenseal.sealapi as sa
 
+from polyact.graph import INPUT
+
 from .ckks import Engine
 from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
 from .compile import Plan
@@ -91,11 +93,11 @@ class Server:
         self._check_input(cts)
         if self.plan.cuts:
             raise RefreshRequired(self._rounds_message())
-        out = self._segment({"input": cts}, 0, len(self.plan.steps))[self.plan.output]
+        out = self._segment({INPUT: cts}, 0, len(self.plan.steps))[self.plan.output]
         return out if isinstance(ct, list) else out[0]
 
     def _check_input(self, cts: list[sa.Ciphertext]) -> None:
-        expected = self.plan.ciphertexts("input")
+        expected = self.plan.ciphertexts(INPUT)
         if len(cts) != expected:
             raise PayloadError(f"this plan takes {expected} ciphertext(s) per input, got {len(cts)}")
         for c in cts:
@@ -125,14 +127,17 @@ class Server:
             next(c.names for c in self.plan.cuts if c.position == stop)
         return {name: values[name] for name in after}
 
-    def _segments(self, inputs: list[Values], start: int, stop: int) -> list[Values]:
+    def _segments(self, inputs: list[Values], start: int, stop: int,
+                  sent: list[list[bytes]] | None = None) -> list[Values]:
         """:meth:`segment` of every input; with a partner and several inputs, the partner runs
-        the second half of them meanwhile."""
+        the second half of them meanwhile (given the client's bytes of each input, ``sent``,
+        those are passed on as they are)."""
         partner = self.runner.partner
         if partner is None or len(inputs) < 2:
             return [self.segment(v, start, stop) for v in inputs]
         half = -(-len(inputs) // 2)
-        partner.start_segment(start, stop, inputs[half:])
+        partner.start_segment(start, stop, [{INPUT: blobs} for blobs in sent[half:]] if sent else
+                              [{name: [seal_to_bytes(ct) for ct in cts] for name, cts in v.items()} for v in inputs[half:]])
         mine = [self.segment(v, start, stop, self._solo) for v in inputs[:half]]
         return mine + partner.segment_result(self.engine.context)
 
@@ -163,25 +168,27 @@ class Server:
                 "with the same client's public_context()"
             )
         samples, per = header.get("samples"), header.get("per_ciphertext")
-        group = self.plan.ciphertexts("input")  # ciphertexts per input
+        group = self.plan.ciphertexts(INPUT)  # ciphertexts per input
         if not isinstance(samples, int) or not isinstance(per, int) or per < 1 or -(-samples // per) * group != len(blobs):
             raise PayloadError(f"the batch header announces {samples} samples at {per} per ciphertext "
                                f"({group} ciphertext(s) per input) but holds {len(blobs)} ciphertexts")
-        values = []
+        values, sent = [], []
         for start in range(0, len(blobs), group):
-            cts = [seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "ciphertext") for blob in blobs[start : start + group]]
+            sent.append(blobs[start : start + group])
+            cts = [seal_from_bytes(sa.Ciphertext, blob, self.engine.context, "ciphertext") for blob in sent[-1]]
             self._check_input(cts)
-            values.append({"input": cts})
+            values.append({INPUT: cts})
         return self._advance(_Job({**expected, "samples": samples, "per_ciphertext": per, KEY_FIELD: self.fingerprint},
-                                   values, 0, []))
+                                   values, 0, []), sent)
 
-    def _advance(self, job: _Job) -> bytes:
+    def _advance(self, job: _Job, sent: list[list[bytes]] | None = None) -> bytes:
         """Run the job's current segment on every input (only their results or live values are
-        kept); answer with the results or the next refresh request."""
+        kept; ``sent``: the client's bytes of the inputs, at the first segment); answer with the
+        results or the next refresh request."""
         start, stop = self.plan.segments[job.cut]
         last = job.cut == len(self.plan.cuts)
         sections, job.masks = [], []
-        outputs = self._segments(job.values, start, stop)
+        outputs = self._segments(job.values, start, stop, sent)
         for i, v in enumerate(outputs):
             job.values[i] = {}  # the refreshed copies replace everything at the next round
             if last:

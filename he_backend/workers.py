@@ -60,12 +60,12 @@ class Partner:
         self._conn.send_bytes(pack(REQUEST_KIND, header, [seal_to_bytes(ct) for name in step.sources
                                                           for ct in values[name]]))
 
-    def start_segment(self, start: int, stop: int, inputs: list[Values]) -> None:
-        """Send the live values of several inputs; the partner runs steps ``start:stop`` of the
-        plan on each (its own runner, not sharing maps back)."""
+    def start_segment(self, start: int, stop: int, inputs: list[dict[str, list[bytes]]]) -> None:
+        """Send the live values of several inputs (SEAL-serialised ciphertexts, as the client
+        sent them or :func:`~he_backend.serialization.seal_to_bytes`); the partner runs steps
+        ``start:stop`` of the plan on each (its own runner, not sharing maps back)."""
         header = {"segment": [start, stop], "inputs": [[[name, len(cts)] for name, cts in v.items()] for v in inputs]}
-        self._conn.send_bytes(pack(REQUEST_KIND, header, [seal_to_bytes(ct) for v in inputs for cts in v.values()
-                                                          for ct in cts]))
+        self._conn.send_bytes(pack(REQUEST_KIND, header, [blob for v in inputs for cts in v.values() for blob in cts]))
 
     def segment_result(self, context: sa.SEALContext) -> list[Values]:
         """Per input sent by :meth:`start_segment`, the values read after the segment."""
