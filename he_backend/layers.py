@@ -25,8 +25,9 @@ at the step's target ``(level, scale)``. Diagonals come from the sparse weights
 Periodic maps. With one sample per ciphertext, a map with an output ``period`` ``M`` takes
 its diagonals modulo the periods of its inputs and finishes with a fold
 (:mod:`he_backend.lowering.cyclic`): its output repeats every ``M`` slots. The fold's rotations
-come after the rescale, one level lower (cheaper key switches). Polynomials keep their
-input's period (per-element coefficients are laid out with it).
+come before the rescale: after it, at the output's scale, each key switch's noise cost about 9
+bits on the digits ResNet at a 32-bit scale. Polynomials keep their input's period (per-element
+coefficients are laid out with it).
 """
 from __future__ import annotations
 
@@ -268,14 +269,12 @@ class Runner:
                 raise ValueError(f"{step.name}: output ciphertext {i} depends on no input (an all-zero weight block); "
                                  "the server cannot create a ciphertext without one")
             total = e.sum_terms(partials[i])
-            if step.period:  # rescaled first: the fold's key switches are one level cheaper
-                total = e.rescale(total)
-                for amount in step.folds:
-                    total = e.add(total, e.rotate(total, amount))
+            for amount in step.folds:  # before the rescale: a key switch's noise is then 2^scale times smaller
+                total = e.add(total, e.rotate(total, amount))
             bias = slot_vector(step.bias, step.positions, step.period or self.block, i)
             if np.any(bias):
                 total = e.add_plain(total, self._slots(bias))
-            out.append(total if step.period else e.rescale(total))
+            out.append(e.rescale(total))
         return out
 
     def _horner(self, sums: dict[int, sa.Ciphertext], giants: list[int], baby: int) -> sa.Ciphertext:

@@ -209,13 +209,15 @@ def test_ciphertexts_for_another_plan_are_refused(mlp_pair, digits, digits_cnn):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture, options, packing, count", [
-    ("digits_cnn", {"degree": 7}, "batch", 17),  # 16 images per ciphertext: a full one and a partly filled one
-    ("digits_cnn", {"degree": 2}, "sample", 2),
-    ("digits_mlp", {"alpha": 4}, "batch", 64),
-    pytest.param("digits_resnet", {"degree": 3}, "batch", 16, marks=pytest.mark.isolated(alone=True)),
+@pytest.mark.parametrize("fixture, options, packing, count, bits", [
+    ("digits_cnn", {"degree": 7}, "batch", 17, 10),  # 16 images per ciphertext: a full one and a partly filled one
+    ("digits_cnn", {"degree": 2}, "sample", 2, 18),
+    ("digits_mlp", {"alpha": 4}, "batch", 64, 10),
+    pytest.param("digits_resnet", {"degree": 3}, "batch", 16, 10, marks=pytest.mark.isolated(alone=True)),
+    # periodic maps with residual adds, 32-bit scale: a fold after the rescale lost 9 bits here
+    ("digits_resnet", {"degree": 2}, "sample", 2, 14),
 ])
-def test_encrypted_networks_agree_with_the_pann(request, digits, fixture, options, packing, count):
+def test_encrypted_networks_agree_with_the_pann(request, digits, fixture, options, packing, count, bits):
     pann, _ = _pann(request.getfixturevalue(fixture), digits, **options)
     # 512 MiB of Galois keys and a small weight cache keep the digits ResNet (N = 32768, client
     # and server keys in one process) under the suite's 4 GB per test; a miss only re-encodes
@@ -225,5 +227,5 @@ def test_encrypted_networks_agree_with_the_pann(request, digits, fixture, option
     x = digits.x_test[:count].numpy()
     out = client.decrypt(server.run(client.encrypt(x)))
     ref = _reference(pann, x)
-    assert precision_bits(out, ref) > 10
+    assert precision_bits(out, ref) > bits
     assert (out.argmax(1) == ref.argmax(1)).all()
