@@ -536,15 +536,21 @@ def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block
         positions[s.name] = s.positions
 
 
-def _cheapest_period(step: AffineStep, block: int, slots: int) -> None:
+def _power_keys(slots: int) -> KeySet:
+    """A key for every power of two and its negative: the key set :func:`_cheapest_period`
+    costs with (built once per plan; its search covers all ``slots``)."""
+    powers = [1 << j for j in range(slots.bit_length() - 1)]
+    return KeySet(tuple(powers + [-p for p in powers]), slots)
+
+
+def _cheapest_period(step: AffineStep, block: int, keys: KeySet) -> None:
     """Set ``step.period`` to the tiled diagonal method (0) or the output period ``M`` of a
     periodic map (:mod:`he_backend.lowering.cyclic`) that costs least for its sources' periods:
-    ``ROTATION_COST`` products per key switch, with a key for every power of two."""
-    powers = [1 << j for j in range(slots.bit_length() - 1)]
-    keys = KeySet(tuple(powers + [-p for p in powers]), slots)
+    ``ROTATION_COST`` products per key switch, with the keys of :func:`_power_keys`."""
+    powers = [s for s in keys.steps if s > 0]
     smallest = 1 << int(step.positions.max()).bit_length() if step.positions.size else 1
     options = []
-    for period in [0] + [m for m in powers + [slots] if smallest <= m <= max(smallest, *step.source_periods)]:
+    for period in [0] + [m for m in powers + [keys.slots] if smallest <= m <= max(smallest, *step.source_periods)]:
         step.period = period
         step.prepare(block)
         options.append((ROTATION_COST * min(step.shape.cost(b, keys) for b in powers) + step.diagonal_count, period))
@@ -707,7 +713,7 @@ def compile(
     budget = params.depth if max_levels is None else min(params.depth, max_levels)
     periodic_maps = packing == "sample" and longest <= params.slots
     _prepare_affine(steps, input_slots, block, params.slots, input_period(packing, input_slots, block),
-                    partial(_cheapest_period, block=block, slots=params.slots) if periodic_maps else None)
+                    partial(_cheapest_period, block=block, keys=_power_keys(params.slots)) if periodic_maps else None)
     if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):
         notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")
     plan = Plan(params, input_shape, block, _choose_rotations(steps, graph, params, key_memory), steps, graph.output, output_length,

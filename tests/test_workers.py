@@ -8,19 +8,26 @@ from he_backend.serialization import unpack
 from polyact.convert import convert
 
 
-@pytest.mark.isolated  # CKKS memory: this test runs in another interpreter (tests/isolation.py)
-@pytest.mark.slow
-def test_a_partner_process_computes_the_same_ciphertexts(digits, digits_cnn):
-    pann, _ = convert(digits_cnn, digits, degree=3)
+def _alone_and_shared(model, digits, images: int):
+    """The plan of ``model`` and its servers of one and two processes, and both's results for
+    one request of ``images`` test images (the two-process server is closed)."""
+    pann, _ = convert(model, digits, degree=3)
     plan = he_backend.compile(pann.double().eval(), digits.input_shape)
     client = plan.client()
-    request = client.encrypt(digits.x_test[:1].numpy())
+    request = client.encrypt(digits.x_test[:images].numpy())
     alone = he_backend.Server(plan, client.public_context())
     shared = he_backend.Server(plan, client.public_context(), workers=2)
     try:
         results = {1: alone.run(request), 2: shared.run(request)}
     finally:
         shared.close()
+    return plan, alone, shared, results
+
+
+@pytest.mark.isolated  # CKKS memory: this test runs in another interpreter (tests/isolation.py)
+@pytest.mark.slow
+def test_a_partner_process_computes_the_same_ciphertexts(digits, digits_cnn):
+    plan, alone, shared, results = _alone_and_shared(digits_cnn, digits, 1)
     # the partner makes the same baby rotations and the runs are added in one order: no byte differs
     assert unpack(results[2], "results")[1] == unpack(results[1], "results")[1]
     assert alone.engine.counts["rotate"] == plan.report()["totals"]["rotations"]
@@ -39,15 +46,6 @@ def test_workers_must_be_one_or_two(digits, digits_mlp):
 @pytest.mark.isolated
 @pytest.mark.slow
 def test_a_partner_runs_half_of_the_inputs_of_a_request(digits, digits_mlp):
-    pann, _ = convert(digits_mlp, digits, degree=3)
-    plan = he_backend.compile(pann.double().eval(), digits.input_shape)
-    client = plan.client()
-    request = client.encrypt(digits.x_test[:3].numpy())  # three ciphertexts: two here, one in the partner
-    alone = he_backend.Server(plan, client.public_context())
-    shared = he_backend.Server(plan, client.public_context(), workers=2)
-    try:
-        results = {1: alone.run(request), 2: shared.run(request)}
-    finally:
-        shared.close()
+    _, alone, shared, results = _alone_and_shared(digits_mlp, digits, 3)  # three ciphertexts: two here, one there
     assert unpack(results[2], "results")[1] == unpack(results[1], "results")[1]
     assert 3 * shared.engine.counts["pt_mul"] == 2 * alone.engine.counts["pt_mul"]
