@@ -5,7 +5,8 @@ Stages, each in its own subprocess so that its peak RSS (``ru_maxrss``) is its o
 
 * ``compile`` per arm (degree-2 activations; composite ReLU at ``--alpha`` bits): convert
   (calibration on ``--calib`` random images), then compile. ResNet-20 needs ~40 levels and
-  N = 32768 allows ~19, so the plan is split into refresh segments (the composite arm, deeper
+  N = 32768 allows ~19, so the plan is split into refresh segments, as many levels each as the
+  compiler's cost model finds cheapest (the composite arm, deeper
   per activation, may still raise ``ParameterError``: the stage then measures the structured
   lowering part of the compiler alone). Reported: depth, seconds, peak RSS, plan size.
 * ``encrypted``: the first ``--blocks`` basic blocks of the same ResNet-20 (stem, blocks,

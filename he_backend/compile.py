@@ -32,7 +32,7 @@ from .ckks import Engine
 from .layers import AffineStep, PolyStep, ciphertext_count
 from .lowering import KeySet, Layout, best_baby, choose_keys, choose_layout, count_diagonals, row_aligned_input
 from .lowering.cyclic import periodic
-from .params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth
+from .params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth, params_for
 from .refresh import CostModel, Cut, MaskPolicy, leakage_bound, refresh_bytes, refresh_precision_bits
 from .segments import place_cuts, poly_values, reset_names, step_levels, value_bounds
 from .serialization import PayloadError, pack, unpack
@@ -305,7 +305,8 @@ class Plan:
 
     def refresh_report(self) -> dict[str, Any]:
         """Refresh rounds per ciphertext: where, how many values, bytes both ways, the mask's
-        statistical leakage bound and the precision it leaves (see :mod:`he_backend.refresh`)."""
+        statistical leakage bound (per coordinate, and summed over every real coordinate the
+        client sees masked in all rounds) and the precision it leaves (see :mod:`he_backend.refresh`)."""
         n, top = self.params.poly_modulus_degree, self.params.depth + 1
         cuts = []
         for c in self.cuts:
@@ -313,8 +314,14 @@ class Plan:
             cuts.append({"before": self.steps[c.position].name, "values": list(c.names), "bounds": list(c.bounds),
                          "mask_level": c.mask_level, "bytes_down": down, "bytes_up": up,
                          "precision_bits": refresh_precision_bits(self.mask.sigma)})
+        coordinates = sum(2 * (self.period(name) or self.params.slots) * self.ciphertexts(name)
+                          for c in self.cuts for name in c.names)  # a periodic value's copies count once
         return {"rounds": len(self.cuts), "sigma": self.mask.sigma, "margin": self.mask.margin,
                 "leakage": leakage_bound(self.mask.sigma) if self.cuts else None,
+                "masked_coordinates": coordinates,
+                "leakage_total": f"2^{math.log2(coordinates) - self.mask.sigma:.1f} in statistical distance over "
+                                 f"the {coordinates} masked real coordinates of all rounds (union bound)"
+                                 if self.cuts else None,
                 "bytes_down": sum(c["bytes_down"] for c in cuts), "bytes_up": sum(c["bytes_up"] for c in cuts),
                 "cuts": cuts}
 
@@ -654,10 +661,13 @@ def compile(
     allows a smaller, faster ring).
 
     Refresh. A network deeper than 128-bit-secure parameters allow (and, when ``max_levels`` is
-    given, one deeper than ``max_levels``) is split into segments of at most that many levels,
-    joined by interactive refresh rounds placed at the cheapest points under ``cost`` and masked
-    as ``mask`` says (:mod:`he_backend.refresh`). Given ``params`` without ``max_levels`` must
-    hold the whole network, else :class:`ParameterError` says how many levels it needs.
+    given, one deeper than ``max_levels``) is split into segments, joined by interactive refresh
+    rounds placed at the cheapest points under ``cost`` and masked as ``mask`` says
+    (:mod:`he_backend.refresh`). Segments have at most ``max_levels`` levels; without it (and
+    without ``params``) the compiler tries every length on the ring it chose and keeps the one
+    ``cost`` estimates cheapest (fewer levels make each key switch cheaper, more rounds cost
+    latency and bytes). Given ``params`` without ``max_levels`` must hold the whole network,
+    else :class:`ParameterError` says how many levels it needs.
 
     Galois keys. The compiler picks the rotation steps that get keys (every other rotation is
     composed of them) so that their evaluation keys take at most ``key_memory`` bytes in the
@@ -686,7 +696,8 @@ def compile(
     depth = _assign_levels(steps, 0)
     if depth < nominal_depth:
         notes.append(f"depth {depth} < nominal {nominal_depth}: negligible leading coefficients were dropped")
-    if params is None:
+    chosen = params is None
+    if chosen:
         budget = depth if max_levels is None else min(depth, max_levels)
         secure = max_depth(max(MAX_LOG_Q), min_scale_bits)
         if budget > secure:  # too deep for any secure ring: segments of what the largest ring holds
@@ -719,14 +730,41 @@ def compile(
     plan = Plan(params, input_shape, block, _choose_rotations(steps, graph, params, key_memory), steps, graph.output, output_length,
                 packing, notes, mask=mask or MaskPolicy(), input_gather=gather)
     if depth > budget:
-        operations = _operations(plan)
-        bounds = value_bounds(steps, _square_shifts(graph), plan.mask.margin)
+        searched = chosen and max_levels is None  # else the segment length is the caller's
         try:
-            plan.cuts = place_cuts(steps, graph.output, params, budget, bounds, plan.mask, cost or CostModel(),
-                                   lambda s: operations[s.name], plan.ciphertexts)
+            plan.params, plan.cuts, seconds = _cheapest_segments(plan, graph, range(budget, 0, -1) if searched else
+                                                                 [budget], cost or CostModel())
         except ValueError as exc:
             raise ParameterError(f"the network needs {depth} levels; {exc}") from None
-        notes.append(f"{len(plan.cuts)} refresh round(s): {depth} levels in segments of at most {budget}")
-    _assign_levels(steps, params.depth + 1, reset_names(steps, graph.output, plan.cuts))
-    _assign_scales(steps, Engine(params))
+        notes.append(f"{len(plan.cuts)} refresh round(s): {depth} levels in segments of at most {plan.params.depth}"
+                     + (f" (the cost model's cheapest segment length: {seconds:.0f} s estimated per inference)"
+                        if searched else ""))
+    _assign_levels(steps, plan.params.depth + 1, reset_names(steps, graph.output, plan.cuts))
+    _assign_scales(steps, Engine(plan.params))
     return plan
+
+
+def _cheapest_segments(plan: Plan, graph: PolyGraph, budgets: Sequence[int],
+                       cost: CostModel) -> tuple[CkksParams, list[Cut], float]:
+    """Parameters, refresh points and estimated seconds per inference of the cheapest segment
+    length in ``budgets`` (levels per segment). Each length keeps the plan's ring and scale with
+    that many levels: fewer levels make every operation cheaper (a key switch costs ``~ L^2``),
+    more refresh rounds cost latency, bytes and the client's work (:class:`CostModel`). Raises
+    the last length's ``ValueError`` when none fits."""
+    operations = _operations(plan)
+    bounds = value_bounds(plan.steps, _square_shifts(graph), plan.mask.margin)
+    best, error = None, ValueError("no segment length to try")
+    for budget in budgets:
+        params = plan.params if budget >= plan.params.depth else \
+            params_for(plan.params.poly_modulus_degree, budget, plan.params.scale_bits)
+        try:
+            cuts, seconds = place_cuts(plan.steps, graph.output, params, budget, bounds, plan.mask, cost,
+                                       lambda s: operations[s.name], plan.ciphertexts)
+        except ValueError as exc:
+            error = exc
+            continue
+        if best is None or seconds < best[2]:
+            best = (params, cuts, seconds)
+    if best is None:
+        raise error
+    return best

@@ -31,9 +31,10 @@ sigma = 40 about 10). The masked value must also fit the modulus at the level it
 ``log2 Q_L >= scale_bits + sigma + log2 B + 4`` (:func:`mask_level`); the compiler only cuts
 where the live values are at or above that level.
 
-Cost model (:class:`CostModel`, used to place the cuts). Seconds per ciphertext: every step's
-operations at the level it runs at (plaintext products ``~ N L``, key switching for ciphertext
-products and rotations ``~ N L``), plus per round a latency, the bytes both ways over a
+Cost model (:class:`CostModel`, used to place the cuts and to choose how many levels a
+segment has). Seconds per ciphertext: every step's operations at the level it runs at
+(plaintext products ``~ N L``, key switching for ciphertext products and rotations
+``~ N L (a + b L)``), plus per round a latency, the bytes both ways over a
 bandwidth (down: ``2 N L_mask 8`` bytes per live value; up: ``N L_top 8``, seeded) and the
 client's decryption and encryption. Placing the cuts is a shortest path over the positions of the
 step list (:func:`shortest_cuts`), as Orion places bootstraps: ``O(n^2)`` segments, each checked
@@ -88,21 +89,27 @@ class MaskPolicy:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds per ciphertext, for placing refresh points. Operation constants are seconds per
-    ``(N / 8192) * level`` measured on a 2-core machine with SEAL; ``round_seconds`` and
-    ``bytes_per_second`` describe the link between client and server."""
+    """Seconds per ciphertext, for placing refresh points and choosing the segment length.
+    Operation constants are seconds per ``(N / 8192) * level`` measured on a 2-core machine
+    with SEAL: a plaintext product costs ``pt_mult`` (its encoding, the product and the
+    addition into the sum), a key switch (a rotation or a relinearisation) ``key_switch +
+    key_switch_square * level``, since SEAL splits a ciphertext at ``level`` into ``level``
+    parts, each lifted to ``level + 1`` primes. ``round_seconds`` and ``bytes_per_second``
+    describe the link between client and server."""
 
     round_seconds: float = 0.05
     bytes_per_second: float = 12.5e6
-    pt_mult: float = 1.5e-4
-    key_switch: float = 3.5e-3
+    pt_mult: float = 3.3e-4
+    key_switch: float = 8.0e-4
+    key_switch_square: float = 1.2e-4
     decrypt: float = 2.5e-3
     encrypt: float = 3.5e-3
 
     def step_seconds(self, n: int, level: int, ct_ct_mults: int, pt_mults: int, rotations: int) -> float:
         """One step's operations on a ciphertext at ``level`` (its input level)."""
         unit = n / 8192 * level
-        return unit * (self.pt_mult * pt_mults + self.key_switch * (ct_ct_mults + rotations))
+        return unit * (self.pt_mult * pt_mults + (self.key_switch + self.key_switch_square * level)
+                       * (ct_ct_mults + rotations))
 
     def refresh_seconds(self, n: int, live: int, mask_level: int, top: int) -> float:
         """One round for ``live`` ciphertexts: latency, bytes both ways, client work."""

@@ -113,12 +113,13 @@ def candidate_cut(live: set[str], position: int, root: Mapping[str, str],
 
 def place_cuts(steps: Sequence[Step], output: str, params: CkksParams, budget: int, bounds: Mapping[str, float],
                policy: MaskPolicy, cost: CostModel, operations: Callable[[Step], tuple[int, int, int]],
-               ciphertexts: Callable[[str], int]) -> list[Cut]:
+               ciphertexts: Callable[[str], int]) -> tuple[list[Cut], float]:
     """The cheapest refresh points (a shortest path, see :func:`he_backend.refresh.shortest_cuts`)
     such that every segment stays within ``budget`` levels below the top and every cut's live
-    values are at or above its mask level. ``operations(step)`` gives (ciphertext products,
-    plaintext products, rotations) per evaluation of the step; ``ciphertexts(name)`` the
-    ciphertexts a value spans (each one is masked and refreshed). Raises ``ValueError`` when no placement fits."""
+    values are at or above its mask level, and their estimated seconds per inference.
+    ``operations(step)`` gives (ciphertext products, plaintext products, rotations) per
+    evaluation of the step; ``ciphertexts(name)`` the ciphertexts a value spans (each one is
+    masked and refreshed). Raises ``ValueError`` when no placement fits."""
     n, top, ring = len(steps), params.depth + 1, params.poly_modulus_degree
     floor = top - budget
     live, root = live_sets(steps, output), roots(steps)
@@ -143,13 +144,13 @@ def place_cuts(steps: Sequence[Step], output: str, params: CkksParams, budget: i
         return seconds
 
     try:
-        positions, _ = shortest_cuts(n, edge)
+        positions, seconds = shortest_cuts(n, edge)
     except ValueError:
         raise ValueError(
             f"no placement of refresh points fits {budget} levels per segment: a single step needs more "
             f"levels than that, or the only places to cut hold values whose {policy.sigma}-bit masks do not "
             "fit the modulus; raise max_levels, lower the polynomial degrees or lower sigma") from None
-    return [cuts[p] for p in positions]
+    return [cuts[p] for p in positions], seconds
 
 
 def reset_names(steps: Sequence[Step], output: str, cuts: Sequence[Cut]) -> dict[int, set[str]]:

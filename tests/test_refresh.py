@@ -13,12 +13,13 @@ import tenseal.sealapi as sa
 import torch
 
 import he_backend
-from he_backend.params import params_for
+from he_backend.params import MAX_LOG_Q, max_depth, params_for
 from he_backend.keys import KeyHolder
 from he_backend.refresh import (REPLY_KIND, REQUEST_KIND, CostModel, MaskPolicy, mask, mask_level, shortest_cuts, unmask)
 from he_backend.serialization import pack, seal_from_bytes, unpack
 from he_backend.compile import _square_shifts
 from he_backend.segments import candidate_cut, live_sets, roots, step_levels, value_bounds
+from polyact import models
 from polyact.convert import convert
 from polyact.graph import INPUT, lower
 from test_encrypted import _reference, precision_bits  # one definition of "bits" for the encrypted tests
@@ -144,6 +145,9 @@ def test_segmented_plan_levels_twin_and_bytes(mlp_plan, mlp, digits):
         assert all(1 <= s.level < top for s in plan.steps[start:stop])
     report = plan.report()["refresh"]
     assert report["rounds"] == len(plan.cuts) and f"2^-{SIGMA}" in report["leakage"]
+    n = plan.params.poly_modulus_degree  # N/2 complex slots per masked ciphertext (batch packing)
+    assert report["masked_coordinates"] == n * sum(len(c.names) for c in plan.cuts)
+    assert report["leakage_total"].startswith(f"2^{np.log2(report['masked_coordinates']) - SIGMA:.1f} ")
     assert report["cuts"][0]["precision_bits"] == pytest.approx(49.5 - SIGMA)
     again = he_backend.Plan.from_bytes(plan.to_bytes())
     assert again.cuts == plan.cuts and again.mask == plan.mask and again.report() == plan.report()
@@ -151,22 +155,81 @@ def test_segmented_plan_levels_twin_and_bytes(mlp_plan, mlp, digits):
     assert "refresh before" in plan.table()
 
 
-@pytest.mark.slow
-def test_too_deep_for_any_secure_ring_is_split_automatically(digits):
-    """Six degree-15 layers need about 31 levels, more than N = 32768 holds at 128-bit security."""
-    from polyact import models
-    from he_backend.params import MAX_LOG_Q
-
+@pytest.fixture(scope="module")
+def deep(digits):
+    """Six degree-15 layers: about 31 levels, more than N = 32768 holds at 128-bit security."""
     torch.manual_seed(0)
     model = models.build_model("mlp", digits.input_shape, digits.num_classes, "gelu", hidden=(16,) * 6)
-    pann = _pann(model, digits, degree=15)
+    return _pann(model, digits, degree=15)
+
+
+@pytest.fixture(scope="module")
+def deep_plan(deep, digits):
+    return he_backend.compile(deep, digits.input_shape, mask=MaskPolicy(sigma=SIGMA))
+
+
+@pytest.mark.slow
+def test_too_deep_for_any_secure_ring_is_split_automatically(deep, deep_plan, digits):
     with pytest.raises(he_backend.ParameterError, match="lower the polynomial degrees"):
-        he_backend.choose_params(lower(pann, digits.input_shape).depth)
-    plan = he_backend.compile(pann, digits.input_shape)
+        he_backend.choose_params(lower(deep, digits.input_shape).depth)
+    plan = deep_plan
     assert plan.cuts and plan.params.log_q <= MAX_LOG_Q[plan.params.poly_modulus_degree]
     assert plan.depth <= plan.params.depth
     x = digits.x_test[:8].numpy()
-    np.testing.assert_allclose(plan.simulate(x), _reference(pann, x), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(plan.simulate(x), _reference(deep, x), rtol=1e-9, atol=1e-9)
+
+
+def _estimated_seconds(plan) -> float:
+    """A chain's refresh rounds and every step's operations at the levels it runs at (its
+    input's level and its own, averaged up), summed step by step with the default cost model."""
+    model, ring, top = CostModel(), plan.params.poly_modulus_degree, plan.params.depth + 1
+    positions = {c.position for c in plan.cuts}
+    seconds = sum(model.refresh_seconds(ring, sum(plan.ciphertexts(v) for v in c.names), c.mask_level, top)
+                  for c in plan.cuts)
+    ops, entry = {r["step"]: r for r in plan.counts()}, top
+    for i, s in enumerate(plan.steps):
+        entry = top if i in positions else entry
+        r = ops[s.name]
+        seconds += model.step_seconds(ring, int(np.ceil((entry + s.level) / 2)), r["ct_ct_mults"], r["pt_mults"],
+                                      r["rotations"])
+        entry = s.level
+    return seconds
+
+
+@pytest.mark.slow
+def test_the_segment_length_is_the_cheapest_of_all_lengths(deep, deep_plan, digits):
+    """Without ``max_levels`` the compiler picks how many levels a segment has. Every length,
+    compiled on its own on the same ring and costed step by step, costs at least as much as
+    the chosen one. Shorter segments make each key switch cheaper (``~ L^2``) and cost rounds."""
+    plan = deep_plan
+    ring, scale = plan.params.poly_modulus_degree, plan.params.scale_bits
+    costs = {}
+    for levels in range(1, max_depth(ring, scale) + 1):
+        try:
+            fixed = he_backend.compile(deep, digits.input_shape, params=params_for(ring, levels, scale),
+                                       max_levels=levels, mask=plan.mask)
+        except he_backend.ParameterError:
+            continue
+        costs[levels] = _estimated_seconds(fixed), [c.position for c in fixed.cuts]
+    cheapest = min(costs, key=lambda levels: costs[levels][0])
+    assert plan.params == params_for(ring, cheapest, scale)
+    assert [c.position for c in plan.cuts] == costs[cheapest][1]
+    assert _estimated_seconds(plan) == pytest.approx(costs[cheapest][0])
+    assert min(costs) < cheapest < max(costs)  # neither end: the search matters
+    assert costs[max(costs)][0] > 1.5 * costs[cheapest][0]
+
+
+@pytest.mark.slow
+def test_the_chosen_segments_run_encrypted(deep, deep_plan, digits):
+    client = deep_plan.client()
+    server = he_backend.Server.from_bytes(deep_plan.to_bytes(), client.public_context())
+    x = digits.x_test[:2].numpy()
+    rounds = he_backend.Rounds()
+    out = client.decrypt(he_backend.run_interactive(client, server, client.encrypt(x), rounds))
+    ref = _reference(deep, x)
+    assert rounds.count == len(deep_plan.cuts) >= 2
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    assert precision_bits(out, ref) > 12
 
 
 def test_impossible_segments_and_bad_options_are_clear_errors(mlp, digits):
@@ -225,6 +288,8 @@ def test_periodic_values_are_refreshed_with_one_mask_per_period(mlp, digits):
     plan = he_backend.compile(mlp, digits.input_shape, "sample", max_levels=4, mask=MaskPolicy(sigma=SIGMA))
     periods = {name: plan.period(name) for c in plan.cuts for name in c.names}
     assert plan.cuts and any(0 < p < plan.params.slots for p in periods.values()), periods
+    whole = plan.params.poly_modulus_degree * sum(len(c.names) for c in plan.cuts)  # every slot of every ciphertext
+    assert plan.report()["refresh"]["masked_coordinates"] < whole  # a periodic value's copies count once
     client = plan.client()
     server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context())
     x = digits.x_test[:2].numpy()
