@@ -53,6 +53,10 @@ def test_compare_reports_accuracy_agreement_and_bits():
     figures = compare(out, ref, np.array([1, 0, 1]))
     assert figures == {"accuracy": 100.0, "plaintext_accuracy": pytest.approx(200 / 3),
                        "agreement": pytest.approx(200 / 3), "precision_bits": pytest.approx(2.0)}
+    overflowed = ref.copy()
+    overflowed[2, 0] = np.nan  # a PANN that diverged: no precision, no agreement to report
+    with pytest.raises(ValueError, match=r"reference of samples \[2\] are not finite"):
+        compare(out, overflowed, np.array([1, 0, 1]))
 
 
 # ---- the plan in plaintext ------------------------------------------------------------------
