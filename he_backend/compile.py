@@ -750,10 +750,10 @@ def _cheapest_segments(plan: Plan, graph: PolyGraph, budgets: Sequence[int],
     length in ``budgets`` (levels per segment). Each length keeps the plan's ring and scale with
     that many levels: fewer levels make every operation cheaper (a key switch costs ``~ L^2``),
     more refresh rounds cost latency, bytes and the client's work (:class:`CostModel`). Raises
-    the last length's ``ValueError`` when none fits."""
+    the first (longest) length's ``ValueError`` when none fits."""
     operations = _operations(plan)
     bounds = value_bounds(plan.steps, _square_shifts(graph), plan.mask.margin)
-    best, error = None, ValueError("no segment length to try")
+    best, error = None, None
     for budget in budgets:
         params = plan.params if budget >= plan.params.depth else \
             params_for(plan.params.poly_modulus_degree, budget, plan.params.scale_bits)
@@ -761,10 +761,10 @@ def _cheapest_segments(plan: Plan, graph: PolyGraph, budgets: Sequence[int],
             cuts, seconds = place_cuts(plan.steps, graph.output, params, budget, bounds, plan.mask, cost,
                                        lambda s: operations[s.name], plan.ciphertexts)
         except ValueError as exc:
-            error = exc
+            error = error or exc
             continue
         if best is None or seconds < best[2]:
             best = (params, cuts, seconds)
     if best is None:
-        raise error
+        raise error or ValueError("no segment length to try")
     return best
