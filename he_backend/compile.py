@@ -306,7 +306,9 @@ class Plan:
     def refresh_report(self) -> dict[str, Any]:
         """Refresh rounds per ciphertext: where, how many values, bytes both ways, the mask's
         statistical leakage bound (per coordinate, and summed over every real coordinate the
-        client sees masked in all rounds) and the precision it leaves (see :mod:`he_backend.refresh`)."""
+        client sees masked in all rounds of one inference: one sample with sample packing, the
+        samples sharing a ciphertext with batch packing) and the precision it leaves (see
+        :mod:`he_backend.refresh`)."""
         n, top = self.params.poly_modulus_degree, self.params.depth + 1
         cuts = []
         for c in self.cuts:
@@ -314,8 +316,7 @@ class Plan:
             cuts.append({"before": self.steps[c.position].name, "values": list(c.names), "bounds": list(c.bounds),
                          "mask_level": c.mask_level, "bytes_down": down, "bytes_up": up,
                          "precision_bits": refresh_precision_bits(self.mask.sigma)})
-        coordinates = sum(2 * (self.period(name) or self.params.slots) * self.ciphertexts(name)
-                          for c in self.cuts for name in c.names)  # a periodic value's copies count once
+        coordinates = n * sum(self.ciphertexts(name) for c in self.cuts for name in c.names)  # N/2 complex slots each
         return {"rounds": len(self.cuts), "sigma": self.mask.sigma, "margin": self.mask.margin,
                 "leakage": leakage_bound(self.mask.sigma) if self.cuts else None,
                 "masked_coordinates": coordinates,

@@ -15,10 +15,11 @@ the client decrypts, keeps the real parts, re-encrypts them at the top level and
 Leakage. For any two values ``|v|, |v'| <= B`` the statistical distance between ``v + r`` and
 ``v' + r`` is ``|v - v'| / (2^(sigma+1) B) <= 2^-sigma`` per real coordinate, so what the client
 decrypts at a refresh is within ``2^-sigma`` per coordinate (``n 2^-sigma`` for ``n``
-coordinates, union bound: ``N 2^-sigma`` for a whole ciphertext of ``N/2`` complex slots, ``2 M
-2^-sigma`` for a value repeating every ``M`` slots, whose copies share one mask) of a
-distribution that does not depend on ``v`` -- nor on the CKKS noise of the server's
-computation, which sits inside ``v``. Values outside ``[-B, B]`` (inputs far outside the
+coordinates, union bound: ``N 2^-sigma`` for a whole ciphertext of ``N/2`` complex slots, and
+over an inference every ciphertext of every round adds ``N``) of a distribution that does not
+depend on ``v`` -- nor on the CKKS noise of the server's computation, which sits inside ``v``.
+That needs a mask per slot: the copies of a periodic value carry different noise, and a shared
+mask would show their differences. Values outside ``[-B, B]`` (inputs far outside the
 calibration range) leak more, gracefully: the distance is ``|v - v'| / (2^(sigma+1) B)``.
 
 Precision. The masked value is ``2^sigma`` times larger than ``B``. Its CKKS noise is absolute,
@@ -53,7 +54,6 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from .ckks import Engine
-from .lowering.cyclic import periodic
 from .params import CkksParams
 from .serialization import PayloadError, unpack
 
@@ -90,11 +90,12 @@ class MaskPolicy:
 @dataclass(frozen=True)
 class CostModel:
     """Seconds per ciphertext, for placing refresh points and choosing the segment length.
-    Operation constants are seconds per ``(N / 8192) * level`` measured on a 2-core machine
-    with SEAL: a plaintext product costs ``pt_mult`` (its encoding, the product and the
+    Operation constants are seconds per ``(N / 8192) * level`` (``key_switch_square``: per
+    ``(N / 8192) * level^2``) measured on a 2-core machine with SEAL at N = 8192 to 32768 and
+    levels 3 to 20: a plaintext product costs ``pt_mult`` (its encoding, the product and the
     addition into the sum), a key switch (a rotation or a relinearisation) ``key_switch +
-    key_switch_square * level``, since SEAL splits a ciphertext at ``level`` into ``level``
-    parts, each lifted to ``level + 1`` primes. ``round_seconds`` and ``bytes_per_second``
+    key_switch_square * level`` per unit, since SEAL splits a ciphertext at ``level`` into
+    ``level`` parts, each lifted to ``level + 1`` primes. ``round_seconds`` and ``bytes_per_second``
     describe the link between client and server."""
 
     round_seconds: float = 0.05
@@ -225,18 +226,15 @@ def add_complex(engine: Engine, ct: sa.Ciphertext, values: np.ndarray) -> sa.Cip
     return out
 
 
-def mask(engine: Engine, ct: sa.Ciphertext, bound: float, sigma: int, level: int,
-         period: int = 0) -> tuple[sa.Ciphertext, np.ndarray]:
+def mask(engine: Engine, ct: sa.Ciphertext, bound: float, sigma: int, level: int) -> tuple[sa.Ciphertext, np.ndarray]:
     """``ct`` at ``level`` plus a fresh uniform mask of width ``2^sigma bound`` on the real and
     imaginary part of every slot; returns the masked ciphertext and the real part of the mask
-    (what the server subtracts after the client re-encrypted the real parts). A value that
-    repeats every ``period`` slots (:mod:`he_backend.lowering.cyclic`) gets a mask that repeats
-    with it: its copies stay equal (the next steps read any of them) and the client sees each
-    masked coordinate once, not several independently masked samples of it."""
+    (what the server subtracts after the client re-encrypted the real parts). Every slot gets
+    its own mask, copies of a periodic value (:mod:`he_backend.lowering.cyclic`) included: they
+    carry different CKKS noise, and one mask shared by the copies would show the client the
+    differences of that noise, unmasked."""
     width = 2.0**sigma * bound
-    count = period or engine.slots
-    real, imag = width * secure_uniform(count), width * secure_uniform(count)
-    noise = periodic(real + 1j * imag, engine.slots)
+    noise = width * secure_uniform(engine.slots) + 1j * width * secure_uniform(engine.slots)
     return add_complex(engine, engine.mod_switch(ct, level), noise), noise.real
 
 

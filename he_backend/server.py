@@ -196,7 +196,7 @@ class Server:
                              for ct in v[self.plan.output]]
                 continue
             cut = self.plan.cuts[job.cut]
-            pairs = [mask(self.engine, ct, bound, self.plan.mask.sigma, cut.mask_level, self.plan.period(name))
+            pairs = [mask(self.engine, ct, bound, self.plan.mask.sigma, cut.mask_level)
                      for name, bound in zip(cut.names, cut.bounds) for ct in v[name]]
             sections += [seal_to_bytes(ct) for ct, _ in pairs]
             job.masks.append([real for _, real in pairs])
