@@ -733,31 +733,33 @@ def compile(
     if depth > budget:
         searched = chosen and max_levels is None  # else the segment length is the caller's
         try:
-            plan.params, plan.cuts, seconds = _cheapest_segments(plan, graph, range(budget, 0, -1) if searched else
-                                                                 [budget], cost or CostModel())
+            lengths = [(b, params_for(params.poly_modulus_degree, b, params.scale_bits)) for b in range(budget, 0, -1)] \
+                if searched else [(budget, params)]
+            plan.params, plan.cuts, seconds = _cheapest_segments(plan, graph, lengths, cost or CostModel())
         except ValueError as exc:
-            raise ParameterError(f"the network needs {depth} levels; {exc}") from None
+            why = (f"no segment length of 1 to {budget} levels (what the largest secure ring holds) fits: a single "
+                   f"step needs more, or the only places to cut hold values whose {plan.mask.sigma}-bit masks do not "
+                   "fit the modulus; lower the polynomial degrees or lower sigma") if searched else str(exc)
+            raise ParameterError(f"the network needs {depth} levels; {why}") from None
         notes.append(f"{len(plan.cuts)} refresh round(s): {depth} levels in segments of at most {plan.params.depth}"
-                     + (f" (the cost model's cheapest segment length: {seconds:.0f} s estimated per inference)"
+                     + (f" (the cost model's cheapest segment length: {seconds:.3g} s estimated per ciphertext)"
                         if searched else ""))
     _assign_levels(steps, plan.params.depth + 1, reset_names(steps, graph.output, plan.cuts))
     _assign_scales(steps, Engine(plan.params))
     return plan
 
 
-def _cheapest_segments(plan: Plan, graph: PolyGraph, budgets: Sequence[int],
+def _cheapest_segments(plan: Plan, graph: PolyGraph, lengths: Sequence[tuple[int, CkksParams]],
                        cost: CostModel) -> tuple[CkksParams, list[Cut], float]:
-    """Parameters, refresh points and estimated seconds per inference of the cheapest segment
-    length in ``budgets`` (levels per segment). Each length keeps the plan's ring and scale with
-    that many levels: fewer levels make every operation cheaper (a key switch costs ``~ L^2``),
-    more refresh rounds cost latency, bytes and the client's work (:class:`CostModel`). Raises
-    the first (longest) length's ``ValueError`` when none fits."""
+    """Parameters, refresh points and estimated seconds per inference of the cheapest of
+    ``lengths``: (levels per segment, parameters with at least that many levels). Fewer levels
+    make every operation cheaper (a key switch costs ``~ L^2``), more refresh rounds cost
+    latency, bytes and the client's work (:class:`CostModel`). Raises the first length's
+    ``ValueError`` when none fits."""
     operations = _operations(plan)
     bounds = value_bounds(plan.steps, _square_shifts(graph), plan.mask.margin)
     best, error = None, None
-    for budget in budgets:
-        params = plan.params if budget >= plan.params.depth else \
-            params_for(plan.params.poly_modulus_degree, budget, plan.params.scale_bits)
+    for budget, params in lengths:
         try:
             cuts, seconds = place_cuts(plan.steps, graph.output, params, budget, bounds, plan.mask, cost,
                                        lambda s: operations[s.name], plan.ciphertexts)
@@ -767,5 +769,5 @@ def _cheapest_segments(plan: Plan, graph: PolyGraph, budgets: Sequence[int],
         if best is None or seconds < best[2]:
             best = (params, cuts, seconds)
     if best is None:
-        raise error or ValueError("no segment length to try")
+        raise error
     return best

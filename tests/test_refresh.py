@@ -493,7 +493,8 @@ def test_refresh_covers_every_ciphertext_of_a_value_spanning_several():
     plan = he_backend.compile(pann, (1, 16, 16), params=params_for(8192, 4, 30), max_levels=3,
                               mask=MaskPolicy(sigma=20))
     assert len(plan.cuts) == 1 and [plan.ciphertexts(n) for n in plan.cuts[0].names] == [2]
-    n, level, top = 8192, plan.cuts[0].mask_level, plan.params.depth + 1
+    assert plan.params == params_for(8192, 4, 30)  # the caller's parameters, with segments of max_levels
+    n, level, top = 8192, plan.cuts[0].mask_level, 5
     assert plan.refresh_report()["bytes_up"] == 2 * n * top * 8  # two seeded ciphertexts at the top
     assert plan.refresh_report()["bytes_down"] == 2 * 2 * n * level * 8
     client = plan.client()
