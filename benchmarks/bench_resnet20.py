@@ -6,9 +6,9 @@ Stages, each in its own subprocess so that its peak RSS (``ru_maxrss``) is its o
 * ``compile`` per arm (degree-2 activations; composite ReLU at ``--alpha`` bits): convert
   (calibration on ``--calib`` random images), then compile. ResNet-20 needs ~40 levels and
   N = 32768 allows ~19, so the plan is split into refresh segments, as many levels each as the
-  compiler's cost model finds cheapest (the composite arm, deeper
-  per activation, may still raise ``ParameterError``: the stage then measures the structured
-  lowering part of the compiler alone). Reported: depth, seconds, peak RSS, plan size.
+  compiler's cost model finds cheapest (at a large ``--alpha`` one composite activation may need
+  more levels than any segment holds: the stage then measures the structured lowering part of
+  the compiler alone). Reported: depth, seconds, peak RSS, plan size.
 * ``encrypted``: the first ``--blocks`` basic blocks of the same ResNet-20 (stem, blocks,
   global pooling and the classifier), degree 2, compiled for N = ``--ring`` (16x32x32 values
   span two ciphertexts at N = 16384) and run encrypted on ``--images`` images: the server runs

@@ -57,6 +57,10 @@ def test_compare_reports_accuracy_agreement_and_bits():
     overflowed[2, 0] = np.nan  # a PANN that diverged: no precision, no agreement to report
     with pytest.raises(ValueError, match=r"reference of samples \[2\] are not finite"):
         compare(out, overflowed, np.array([1, 0, 1]))
+    garbled = out.copy()
+    garbled[0, 1] = np.inf
+    with pytest.raises(ValueError, match=r"outputs of samples \[0\] are not finite: decryption"):
+        compare(garbled, ref, np.array([1, 0, 1]))
 
 
 # ---- the plan in plaintext ------------------------------------------------------------------
