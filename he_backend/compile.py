@@ -599,14 +599,18 @@ def _choose_rotations(steps: list[AffineStep | PolyStep], graph: PolyGraph, para
     affine = [s for s in steps if isinstance(s, AffineStep) and not s.identity]
     sizes = {int(np.prod(n.shape[i:])) for n in graph.nodes.values() if getattr(n, "shape", None)
              for i in range(1, len(n.shape))}
-    top = params.depth + 1
-    key_bytes = 2 * (top + 1) * top * params.poly_modulus_degree * 8  # one key-switching key in memory
-    max_keys = int(min(MAX_ROTATION_KEYS, max(2, key_memory // key_bytes)))
-    keys = choose_keys([s.shape for s in affine], params.slots, sizes, max_keys=max_keys)
+    keys = choose_keys([s.shape for s in affine], params.slots, sizes, max_keys=_max_keys(params, key_memory))
     candidates = [1] + [abs(k) for k in keys.steps if abs(k) > 1]
     for s in affine:
         s.baby = best_baby(s.shape, keys, candidates)[1]
     return keys.steps
+
+
+def _max_keys(params: CkksParams, key_memory: int) -> int:
+    """Galois keys that ``key_memory`` bytes hold (at least 2, at most ``MAX_ROTATION_KEYS``)."""
+    top = params.depth + 1
+    key_bytes = 2 * (top + 1) * top * params.poly_modulus_degree * 8  # one key-switching key in memory
+    return int(min(MAX_ROTATION_KEYS, max(2, key_memory // key_bytes)))
 
 
 def _assign_levels(steps: list[AffineStep | PolyStep], top: int, resets: dict[int, set[str]] | None = None) -> int:
@@ -741,6 +745,8 @@ def compile(
                    f"step needs more, or the only places to cut hold values whose {plan.mask.sigma}-bit masks do not "
                    "fit the modulus; lower the polynomial degrees or lower sigma") if searched else str(exc)
             raise ParameterError(f"the network needs {depth} levels; {why}") from None
+        if _max_keys(plan.params, key_memory) > _max_keys(params, key_memory):  # a shorter chain's keys are smaller
+            plan.rotations = _choose_rotations(steps, graph, plan.params, key_memory)
         notes.append(f"{len(plan.cuts)} refresh round(s): {depth} levels in segments of at most {plan.params.depth}"
                      + (f" (the cost model's cheapest segment length: {seconds:.3g} s estimated per ciphertext)"
                         if searched else ""))

@@ -219,6 +219,19 @@ def test_the_segment_length_is_the_cheapest_of_all_lengths(deep, deep_plan, digi
     assert costs[max(costs)][0] > 1.5 * costs[cheapest][0]
 
 
+def test_keys_fill_the_memory_of_the_chosen_segment_length(deep, digits):
+    """Galois keys shrink with the modulus: with 500 MB of key memory the longest chain (20
+    primes, ~220 MB a key) holds 2 keys; the chosen shorter chain gets the keys a plan compiled
+    directly for its parameters gets."""
+    memory = 500 << 20
+    plan = he_backend.compile(deep, digits.input_shape, mask=MaskPolicy(sigma=SIGMA), key_memory=memory)
+    direct = he_backend.compile(deep, digits.input_shape, params=plan.params, max_levels=plan.params.depth,
+                                mask=MaskPolicy(sigma=SIGMA), key_memory=memory)
+    assert plan.params.depth < max_depth(plan.params.poly_modulus_degree, plan.params.scale_bits)
+    assert len(plan.rotations) > 2 and plan.rotations == direct.rotations
+    assert plan.report()["totals"] == direct.report()["totals"]
+
+
 @pytest.mark.slow
 def test_the_chosen_segments_run_encrypted(deep, deep_plan, digits):
     client = deep_plan.client()
