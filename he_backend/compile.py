@@ -246,16 +246,6 @@ class Plan:
         step = next(s for s in self.steps if s.name == value)
         return ciphertext_count(step.positions, self.block)
 
-    def period(self, value: str) -> int:
-        """Slots after which a value (``"input"`` or a step's name) repeats; 0 when it does not
-        (:mod:`he_backend.lowering.cyclic`)."""
-        if value == INPUT:
-            return self.layout().input_period
-        step = next(s for s in self.steps if s.name == value)
-        if isinstance(step, AffineStep) and step.identity:
-            return self.period(step.sources[0])
-        return step.period
-
     def counts(self) -> list[dict[str, Any]]:
         """Per step: kind, length, output level, ciphertexts per sample, and the ciphertext
         products, plaintext products and rotations per evaluation of the step."""
@@ -310,13 +300,14 @@ class Plan:
         samples sharing a ciphertext with batch packing) and the precision it leaves (see
         :mod:`he_backend.refresh`)."""
         n, top = self.params.poly_modulus_degree, self.params.depth + 1
-        cuts = []
+        cuts, coordinates = [], 0
         for c in self.cuts:
-            down, up = refresh_bytes(n, sum(self.ciphertexts(name) for name in c.names), c.mask_level, top)
+            live = sum(self.ciphertexts(name) for name in c.names)
+            down, up = refresh_bytes(n, live, c.mask_level, top)
+            coordinates += n * live  # N/2 complex slots per masked ciphertext
             cuts.append({"before": self.steps[c.position].name, "values": list(c.names), "bounds": list(c.bounds),
                          "mask_level": c.mask_level, "bytes_down": down, "bytes_up": up,
                          "precision_bits": refresh_precision_bits(self.mask.sigma)})
-        coordinates = n * sum(self.ciphertexts(name) for c in self.cuts for name in c.names)  # N/2 complex slots each
         return {"rounds": len(self.cuts), "sigma": self.mask.sigma, "margin": self.mask.margin,
                 "leakage": leakage_bound(self.mask.sigma) if self.cuts else None,
                 "masked_coordinates": coordinates,
@@ -757,7 +748,7 @@ def compile(
 
 def _cheapest_segments(plan: Plan, graph: PolyGraph, lengths: Sequence[tuple[int, CkksParams]],
                        cost: CostModel) -> tuple[CkksParams, list[Cut], float]:
-    """Parameters, refresh points and estimated seconds per inference of the cheapest of
+    """Parameters, refresh points and estimated seconds per ciphertext of the cheapest of
     ``lengths``: (levels per segment, parameters with at least that many levels). Fewer levels
     make every operation cheaper (a key switch costs ``~ L^2``), more refresh rounds cost
     latency, bytes and the client's work (:class:`CostModel`). Raises the first length's

@@ -116,7 +116,7 @@ def place_cuts(steps: Sequence[Step], output: str, params: CkksParams, budget: i
                ciphertexts: Callable[[str], int]) -> tuple[list[Cut], float]:
     """The cheapest refresh points (a shortest path, see :func:`he_backend.refresh.shortest_cuts`)
     such that every segment stays within ``budget`` levels below the top and every cut's live
-    values are at or above its mask level, and their estimated seconds per inference.
+    values are at or above its mask level, and their estimated seconds per ciphertext.
     ``operations(step)`` gives (ciphertext products, plaintext products, rotations) per
     evaluation of the step; ``ciphertexts(name)`` the ciphertexts a value spans (each one is
     masked and refreshed). Raises ``ValueError`` when no placement fits."""
