@@ -95,7 +95,7 @@ def test_compiled_cuts_are_the_brute_force_optimum(cnn, digits, max_levels, sigm
     segment-by-segment shortest path must pick the cheapest feasible subset."""
     plan = he_backend.compile(cnn, digits.input_shape, max_levels=max_levels, mask=MaskPolicy(sigma=sigma))
     steps, params, top = plan.steps, plan.params, plan.params.depth + 1
-    model, ops = CostModel(), {r["step"]: r for r in plan.counts()}
+    ops = {r["step"]: r for r in plan.counts()}
     bounds = value_bounds(steps, _square_shifts(lower(cnn, digits.input_shape)), plan.mask.margin)
     live, root = live_sets(steps, plan.output), roots(steps)
 
@@ -108,14 +108,7 @@ def test_compiled_cuts_are_the_brute_force_optimum(cnn, digits, max_levels, sigm
             return None
         if any(level[steps[c.position - 1].name] < c.mask_level for c in cuts):
             return None
-        seconds = sum(model.refresh_seconds(params.poly_modulus_degree, 1, c.mask_level, top) for c in cuts)
-        entry = {steps[0].name: top, **{steps[i].name: (top if i in positions else level[steps[i - 1].name])
-                                        for i in range(1, len(steps))}}
-        for s in steps:
-            r = ops[s.name]
-            seconds += model.step_seconds(params.poly_modulus_degree, int(np.ceil((entry[s.name] + level[s.name]) / 2)),
-                                          r["ct_ct_mults"], r["pt_mults"], r["rotations"])
-        return seconds
+        return _chain_seconds(plan, cuts, level, ops)
 
     options = {cuts: total(cuts) for k in range(len(steps)) for cuts in itertools.combinations(range(1, len(steps)), k)}
     feasible = {c: v for c, v in options.items() if v is not None}
@@ -179,21 +172,27 @@ def test_too_deep_for_any_secure_ring_is_split_automatically(deep, deep_plan, di
     np.testing.assert_allclose(plan.simulate(x), _reference(deep, x), rtol=1e-9, atol=1e-9)
 
 
-def _estimated_seconds(plan) -> float:
-    """A chain's refresh rounds and every step's operations at the levels it runs at (its
-    input's level and its own, averaged up), summed step by step with the default cost model."""
+def _chain_seconds(plan, cuts, level, ops) -> float:
+    """A chain's refresh rounds ``cuts`` (every live ciphertext) and every step's operations
+    ``ops`` at the levels it runs at (its input's level and its own, ``level``, averaged up),
+    summed step by step with the default cost model."""
     model, ring, top = CostModel(), plan.params.poly_modulus_degree, plan.params.depth + 1
-    positions = {c.position for c in plan.cuts}
+    positions = {c.position for c in cuts}
     seconds = sum(model.refresh_seconds(ring, sum(plan.ciphertexts(v) for v in c.names), c.mask_level, top)
-                  for c in plan.cuts)
-    ops, entry = {r["step"]: r for r in plan.counts()}, top
+                  for c in cuts)
+    entry = top
     for i, s in enumerate(plan.steps):
         entry = top if i in positions else entry
         r = ops[s.name]
-        seconds += model.step_seconds(ring, int(np.ceil((entry + s.level) / 2)), r["ct_ct_mults"], r["pt_mults"],
+        seconds += model.step_seconds(ring, int(np.ceil((entry + level[s.name]) / 2)), r["ct_ct_mults"], r["pt_mults"],
                                       r["rotations"])
-        entry = s.level
+        entry = level[s.name]
     return seconds
+
+
+def _estimated_seconds(plan) -> float:
+    """:func:`_chain_seconds` of a compiled plan: its cuts at its steps' levels."""
+    return _chain_seconds(plan, plan.cuts, {s.name: s.level for s in plan.steps}, {r["step"]: r for r in plan.counts()})
 
 
 @pytest.mark.slow
