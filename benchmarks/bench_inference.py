@@ -30,7 +30,7 @@ import he_backend
 from he_backend.metrics import compare
 from he_backend.params import CkksParams
 from polyact import data, models, trainer
-from polyact.activations import Square
+from polyact.activations.fixed import Square
 from polyact.convert import convert
 
 TUTORIAL_PARAMS = CkksParams(8192, (31, 26, 26, 26, 26, 26, 26, 31), 26)  # the tutorial's context

@@ -17,7 +17,7 @@ import warnings
 from typing import Callable
 
 import polyact
-from polyact.literature import LITERATURE
+from polyact.activations.literature import LITERATURE
 
 FORMULAS = {
     "ulu": "0.5x(tanh(α₁x)+1) for x<0, 0.5x(tanh(α₂x)+1) for x≥0",

@@ -45,7 +45,7 @@ from .rewrite import (
     prepare_structure,
 )
 from .storage import INPUT_SHAPE_ATTR, STRUCTURE_ATTR
-from .elementwise import channel_slopes, prelu_channel
+from .activations.elementwise import channel_slopes, prelu_channel
 from .target import Target, as_target
 
 DEFAULT_MAXPOOL_ALPHA = 5.0

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from .activations import get_activation
+from .activations.registry import get_activation
 
 FACTORY_ATTR = "polyact_factory"
 

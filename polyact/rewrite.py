@@ -32,7 +32,7 @@ import torch.fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import elementwise
+from .activations import elementwise
 from .maxpool import PolyMaxPool, WindowGather
 from .ops import (
     ACTIVATION_FUNCTIONS,
@@ -212,7 +212,7 @@ def _activation_entry(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[st
 
 
 def _zoo_module(name: str) -> nn.Module:
-    from .activations import get_activation
+    from .activations.registry import get_activation
 
     return get_activation(name)
 

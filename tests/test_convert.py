@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import polyact
-from polyact.activations import available_activations, get_activation
+from polyact.activations.registry import available_activations, get_activation
 from polyact.convert import MaxPoolAveragedWarning, convert
 from polyact.graph import LoweringError, lower
 from polyact.modules import OutOfRangeError, PolyAct, polyact_layers, range_report, set_strict

@@ -13,9 +13,9 @@ from torch import nn
 import he_backend
 import polyact
 from polyact import models, trainer
-from polyact.activations import LEARNABLE, activation_name, get_activation
-from polyact.learnable import PAU
-from polyact.literature import LITERATURE, LSLU, RAF
+from polyact.activations.registry import LEARNABLE, activation_name, get_activation
+from polyact.activations.learnable import PAU
+from polyact.activations.literature import LITERATURE, LSLU, RAF
 from polyact.modules import PolyAct
 from test_fit import lp_minimax_error
 

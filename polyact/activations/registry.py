@@ -1,7 +1,6 @@
-"""The activation zoo: torch modules plus a name registry.
-
-``get_activation(name)`` builds a module for training; the same names are fitting targets for
-:func:`polyact.fit`. A trained module (its current parameters) is a fitting target too.
+"""The activation zoo's names: ``get_activation(name)`` builds a module for training; the same
+names are fitting targets for :func:`polyact.fit`. A trained module (its current parameters) is a
+fitting target too.
 
 Fixed activations reuse ``torch.nn`` modules, so models written with ``nn.ReLU`` or ``nn.GELU``
 are recognised by :func:`activation_name` during conversion.
@@ -10,36 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
+from .fixed import Abs, Sign, Square
 from .learnable import AGLU, APA, AULU, PAU, PWLU, XIELU, DiTAC
-from .literature import LITERATURE
+from .literature import LITERATURE, TAAF
 
 
-class Square(nn.Module):
-    """``x ** 2``: the classic HE-friendly activation (already a polynomial)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * x
-
-
-class Abs(nn.Module):
-    """``|x|``, a fitting target (non-smooth at 0)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.abs()
-
-    breakpoints = (0.0,)
-
-
-class Sign(nn.Module):
-    """``sign(x)``, the target of composite approximations (discontinuous at 0)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sign(x)
-
-    breakpoints = (0.0,)
+def _taaf(inner: str = "tanh", **kwargs: Any) -> TAAF:
+    """TAAF around the zoo's activation named ``inner``."""
+    return TAAF(get_activation(inner), name=inner, **kwargs)
 
 
 ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
@@ -67,18 +46,10 @@ ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "pau": PAU,
     "ditac": DiTAC,
     **LITERATURE,
+    "taaf": _taaf,
 }
 
 LEARNABLE = ("aulu", "xielu", "apa", "aglu", "pwlu", "pau", "ditac", "sqish", "lslu", "taaf", "apalu", "neaf", "raf")
-
-_BREAKPOINTS: dict[type, tuple[float, ...]] = {
-    nn.ReLU: (0.0,),
-    nn.LeakyReLU: (0.0,),
-    nn.ELU: (0.0,),
-    nn.SELU: (0.0,),
-    nn.Hardswish: (-3.0, 3.0),
-    nn.Hardsigmoid: (-3.0, 3.0),
-}
 
 _MODULE_NAMES: dict[type, str] = {
     nn.ReLU: "relu",
@@ -126,11 +97,3 @@ def activation_name(module: nn.Module) -> str | None:
     if isinstance(module, nn.GELU):
         return "gelu_tanh" if module.approximate == "tanh" else "gelu"
     return _MODULE_NAMES.get(type(module))
-
-
-def activation_breakpoints(module: nn.Module) -> tuple[float, ...]:
-    """Points where the activation is not smooth (kinks), used to seed the Remez search."""
-    points = getattr(module, "breakpoints", None)
-    if points is not None:
-        return tuple(points)
-    return _BREAKPOINTS.get(type(module), ())

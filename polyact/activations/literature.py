@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fixed import activation_breakpoints
 from .learnable import PAU, ulu
 
 
@@ -190,10 +191,10 @@ class LSLU(nn.Module):
 class TAAF(nn.Module):
     """Transformative adaptive activation function ``alpha f(beta x + gamma) + delta``: learnable
     vertical scale ``alpha``, horizontal scale ``beta``, horizontal shift ``gamma`` and vertical
-    shift ``delta`` of a fixed inner activation ``f`` (a zoo name without parameters, e.g.
-    ``"tanh"``, ``"sigmoid"``, ``"relu"``). Initially ``alpha = beta = 1``, ``gamma = delta = 0``:
-    the inner activation. The inner module is kept out of the module tree, so that conversion
-    sees one activation, not two.
+    shift ``delta`` of a fixed inner activation module ``f`` (one without parameters, e.g.
+    ``nn.Tanh()``; ``get_activation("taaf", inner="sigmoid")`` takes a zoo name). Initially
+    ``alpha = beta = 1``, ``gamma = delta = 0``: the inner activation. The inner module is kept
+    out of the module tree, so that conversion sees one activation, not two.
 
     Papers: V. Kunc, J. Klema, "Transformative adaptive activation functions in neural networks
     for gene expression inference" (PLOS ONE 2021); V. Kunc, "Exploring the Relationship:
@@ -201,19 +202,18 @@ class TAAF(nn.Module):
     arXiv:2402.09249 (which states ``TAAF(x) = alpha f(beta x + gamma) + delta``).
     """
 
-    def __init__(self, inner: str = "tanh", alpha: float = 1.0, beta: float = 1.0,
-                 gamma: float = 0.0, delta: float = 0.0) -> None:
+    def __init__(self, inner: nn.Module | None = None, alpha: float = 1.0, beta: float = 1.0,
+                 gamma: float = 0.0, delta: float = 0.0, *, name: str | None = None) -> None:
         super().__init__()
-        from .activations import get_activation  # the registry imports this module
-
-        module = get_activation(inner)
+        module = nn.Tanh() if inner is None else inner
+        name = name or type(module).__name__
         if any(True for _ in module.parameters()):
             raise ValueError(
-                f"TAAF's inner activation must be fixed, but {inner!r} has parameters; choose one "
+                f"TAAF's inner activation must be fixed, but {name!r} has parameters; choose one "
                 "without (e.g. 'tanh', 'sigmoid', 'relu'): TAAF learns the scales and shifts itself"
             )
         self.__dict__["inner"] = module  # not a submodule: one activation site for conversion
-        self.inner_name = inner
+        self.inner_name = name
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.beta = nn.Parameter(torch.tensor(float(beta)))
         self.gamma = nn.Parameter(torch.tensor(float(gamma)))
@@ -225,8 +225,6 @@ class TAAF(nn.Module):
     @property
     def breakpoints(self) -> tuple[float, ...]:
         """The inner activation's kinks ``k`` seen through the transform: ``(k - gamma) / beta``."""
-        from .activations import activation_breakpoints
-
         beta, gamma = self.beta.item(), self.gamma.item()
         if beta == 0:
             return ()
@@ -299,7 +297,7 @@ class NEAF(nn.Module):
 
 class RAF(PAU):
     """Rational activation function as used in RAFT: exactly the safe Padé unit
-    ``P(x) / (1 + sum_k |b_k x^k|)`` of degrees (5, 4) (:class:`~polyact.learnable.PAU`, the
+    ``P(x) / (1 + sum_k |b_k x^k|)`` of degrees (5, 4) (:class:`~polyact.activations.learnable.PAU`, the
     ``rational_activations`` library's version ``"A"``), initialised close to GELU instead of
     leaky ReLU. The function family is PAU's; only the starting point differs.
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import activation_breakpoints, activation_name
+from .fixed import activation_breakpoints
+from .registry import activation_name
 
 Breakpoints = Callable[[tuple, dict], tuple[float, ...]]
 
