@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from torch import nn
 
 from polyact.graph import INPUT, AffineNode, PolyGraph, PolyNode, is_identity, lower
-from polyact.poly import ChebPoly, CompositePoly
+from polyact.approx.polynomials import ChebPoly, CompositePoly
 
 from .ckks import Engine
 from .layers import AffineStep, PolyStep, ciphertext_count

@@ -43,7 +43,8 @@ from .ckks import Engine
 from .lowering import KeySet, MapShape, TileOffsets, baby_chain, giant_runs, split_offsets, tile_diagonals, tile_offsets
 from .lowering.cyclic import cyclic_diagonals, cyclic_offsets, fold_steps, fold_width, periodic
 from .lowering.rotations import GIANT_RUNS
-from .polyeval import PolyEvaluator, PolyPlan, plan_polynomial
+from .polyeval import PolyEvaluator
+from polyact.approx.schedule import PolyPlan, plan_polynomial
 
 
 def slot_vector(values: np.ndarray, positions: np.ndarray, block: int, index: int) -> np.ndarray:

@@ -16,20 +16,20 @@ from typing import Any
 
 # public name -> submodule defining it (add a line per name; keep it sorted)
 _EXPORTS: dict[str, str] = {
-    "ChebPoly": "poly",
-    "CompositePoly": "poly",
+    "ChebPoly": "approx.polynomials",
+    "CompositePoly": "approx.polynomials",
     "PolyAct": "modules",
     "available_activations": "activations",
-    "certify": "fit",
-    "chebyshev_depth": "poly",
+    "certify": "approx.fitting",
+    "chebyshev_depth": "approx.polynomials",
     "convert": "convert",
-    "fit": "fit",
-    "fit_to_tolerance": "fit",
+    "fit": "approx.fitting",
+    "fit_to_tolerance": "approx.fitting",
     "get_activation": "activations",
     "load_model": "storage",
     "load_pann": "storage",
-    "poly_from_dict": "poly",
-    "poly_from_json": "poly",
+    "poly_from_dict": "approx.polynomials",
+    "poly_from_json": "approx.polynomials",
     "save_model": "storage",
     "save_pann": "storage",
 }

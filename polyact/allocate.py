@@ -12,7 +12,7 @@ evaluated by swapping the converted layers into one skeleton, so no fit is repea
 
 Costs are reported per ciphertext: the network depth (CKKS levels, from the lowered graph) and
 the ciphertext-ciphertext products of every activation's polynomial evaluation
-(:func:`layer_ct_ct_mults`, from :mod:`he_backend.polyeval`'s schedule).
+(:func:`layer_ct_ct_mults`, from :mod:`polyact.approx.schedule`).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch import nn
 
+from .approx.schedule import plan_polynomial
 from .modules import PolyAct, polyact_layers
 
 Assignment = dict[str, float]
@@ -131,10 +132,8 @@ class Candidates:
 
 def layer_ct_ct_mults(layer: PolyAct) -> int:
     """Ciphertext-ciphertext products of one evaluation of ``layer`` on a ciphertext: each
-    stage's Chebyshev schedule (:func:`he_backend.polyeval.plan_polynomial`) plus one for the
+    stage's Chebyshev schedule (:func:`polyact.approx.schedule.plan_polynomial`) plus one for the
     ``x * s(x)`` product of composite ReLU / |x|. Per-channel stages are planned jointly."""
-    from he_backend.polyeval import plan_polynomial  # needs tenseal; only costs use it
-
     total = 1 if layer.product else 0
     for i in range(layer.num_stages):
         coef = getattr(layer, f"coef_{i}").detach().cpu().numpy()

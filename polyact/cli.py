@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 from . import cli_encrypted
 
 EXIT_USAGE = 2
-# polyact.fit.METHODS and some activation names, written out so that building the parser does not
-# import torch (tests/test_startup.py checks them against the library)
+# polyact.approx.fitting.METHODS and some activation names, written out so that building the parser
+# does not import torch (tests/test_startup.py checks them against the library)
 FIT_METHODS = ("minimax", "chebyshev", "lsq", "composite")
 CONVERT_METHODS = FIT_METHODS[:3]
 COMMON_ACTIVATIONS = ("relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "square")
@@ -61,7 +61,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 def _run_fit(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .fit import fit, fit_to_tolerance
+    from .approx.fitting import fit, fit_to_tolerance
 
     if args.tolerance is not None:
         poly = fit_to_tolerance(args.activation, args.interval, args.tolerance, args.method)

@@ -26,13 +26,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibrate import ActivationStats, RangeObserver, choose_interval, observed_range
-from .composite import PRODUCT_OF
+from .approx.composite import PRODUCT_OF
 from .data import Dataset
-from .fit import fit, fit_to_tolerance
+from .approx.fitting import fit, fit_to_tolerance
 from .graph import LoweringError, lower
 from .models import FACTORY_ATTR
 from .modules import PolyAct
-from .poly import ChebPoly, Polynomial
+from .approx.polynomials import ChebPoly, Polynomial
 from .report import ConversionReport, LayerReport
 from .rewrite import (
     ActivationSlot,
@@ -46,7 +46,7 @@ from .rewrite import (
 )
 from .storage import INPUT_SHAPE_ATTR, STRUCTURE_ATTR
 from .activations.elementwise import channel_slopes, prelu_channel
-from .target import Target, as_target
+from .approx.targets import Target, as_target
 
 DEFAULT_MAXPOOL_ALPHA = 5.0
 

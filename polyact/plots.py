@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .poly import Polynomial  # noqa: E402
-from .target import as_target  # noqa: E402
+from .approx.polynomials import Polynomial  # noqa: E402
+from .approx.targets import as_target  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:

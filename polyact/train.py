@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .calibrate import choose_interval
-from .composite import PRODUCT_OF
+from .approx.composite import PRODUCT_OF
 from .convert import calibrate, convert
 from .data import Dataset
 from .modules import polyact_layers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from polyact.fit import fit
+from polyact.approx.fitting import fit
 
 pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
 bs4 = pytest.importorskip("bs4", reason="the docs extra is not installed: pip install -e '.[docs]'")
@@ -81,7 +81,7 @@ def test_home_page_renders_with_its_plot(site, tmp_path):
 
 def test_api_page_renders_signatures_from_the_docstrings(site, tmp_path):
     dom = render(site, "api/fit/index.html", tmp_path)
-    heading = dom.find(id="polyact.fit.fit")
+    heading = dom.find(id="polyact.approx.fitting.fit")
     assert heading is not None
     signatures = ["".join(s.get_text().split()).replace('"', "'") for s in dom.select(".doc-signature")]
     shown = next((s for s in signatures if s.startswith("fit(")), None)

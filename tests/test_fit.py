@@ -10,9 +10,9 @@ from numpy.polynomial import chebyshev as npcheb
 from scipy.optimize import linprog
 
 import polyact
-from polyact.composite import _chain_error, optimal_sign_degrees
-from polyact.fit import fit, fit_to_tolerance
-from polyact.target import as_target
+from polyact.approx.composite import _chain_error, optimal_sign_degrees
+from polyact.approx.fitting import fit, fit_to_tolerance
+from polyact.approx.targets import as_target
 
 BERNSTEIN = 0.2801694990238691  # lim n E_n(|x|) on [-1, 1] (Varga & Carpenter)
 

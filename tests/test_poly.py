@@ -7,7 +7,7 @@ import pytest
 import torch
 from numpy.polynomial import Chebyshev
 
-from polyact.poly import (
+from polyact.approx.polynomials import (
     ChebPoly,
     CompositePoly,
     chebval_torch,

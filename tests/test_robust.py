@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polyact.fit import fit
+from polyact.approx.fitting import fit
 from polyact.train import BandPerturbedActivation, WorstCasePerturbation, band_envelope, robust_finetune
 
 

@@ -50,7 +50,7 @@ def test_import_polyact_imports_nothing_heavy_until_a_name_is_used():
 
 
 def test_fit_help_names_real_methods_and_activations_and_an_unknown_name_lists_all(capsys):
-    from polyact.fit import METHODS
+    from polyact.approx.fitting import METHODS
 
     assert cli.FIT_METHODS == METHODS
     assert set(cli.COMMON_ACTIVATIONS) <= set(polyact.available_activations())

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .poly import ChebPoly, CompositePoly, chebyshev_depth
+from .polynomials import ChebPoly, CompositePoly, chebyshev_depth
 from .remez import odd_basis, remez
 
 PRODUCT_OF = {"sign": None, "relu": "relu", "abs": "abs"}

@@ -3,7 +3,7 @@
 Methods
 -------
 ``minimax``
-    Best uniform approximation by the Remez exchange (:mod:`polyact.remez`); the returned
+    Best uniform approximation by the Remez exchange (:mod:`polyact.approx.remez`); the returned
     ``max_error`` is certified on a dense grid plus the located extrema.
 ``chebyshev``
     Interpolation at the Chebyshev points of the first kind (what Orion and OpenFHE use); within
@@ -13,7 +13,7 @@ Methods
     ``min_p  integral w(x) (f(x) - p(x))^2 dx``: small error where a network's activations fall.
 ``composite``
     ``sign``, ``relu`` and ``abs`` as compositions of odd minimax polynomials reaching
-    ``2^-alpha`` with minimal depth (:mod:`polyact.composite`).
+    ``2^-alpha`` with minimal depth (:mod:`polyact.approx.composite`).
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import numpy as np
 from numpy.polynomial import chebyshev as npcheb
 
 from .composite import PRODUCT_OF, fit_composite
-from .poly import ChebPoly, Polynomial, check_interval
+from .polynomials import ChebPoly, Polynomial, check_interval
 from .remez import remez
-from .target import Target, as_target
+from .targets import Target, as_target
 
 METHODS = ("minimax", "chebyshev", "lsq", "composite")
 MAX_DEGREE = 1023
