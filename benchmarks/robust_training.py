@@ -43,7 +43,7 @@ from polyact import data as datasets
 from polyact import models, trainer
 from polyact.allocate import Candidates, greedy_allocate
 from polyact.convert import convert
-from polyact.modules import polyact_layers
+from polyact.nn.poly_act import polyact_layers
 from polyact.train import robust_finetune
 
 ARCHITECTURES = {

@@ -18,7 +18,7 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "ChebPoly": "approx.polynomials",
     "CompositePoly": "approx.polynomials",
-    "PolyAct": "modules",
+    "PolyAct": "nn.poly_act",
     "available_activations": "activations",
     "certify": "approx.fitting",
     "chebyshev_depth": "approx.polynomials",
@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name (or any submodule, e.g. ``polyact.modules``) on first access."""
+    """Import a public name (or any submodule, e.g. ``polyact.nn.poly_act``) on first access."""
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value  # later lookups skip this function

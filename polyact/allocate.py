@@ -24,7 +24,7 @@ import numpy as np
 from torch import nn
 
 from .approx.schedule import plan_polynomial
-from .modules import PolyAct, polyact_layers
+from .nn.poly_act import PolyAct, polyact_layers
 
 Assignment = dict[str, float]
 

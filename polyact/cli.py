@@ -294,7 +294,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .modules import OutOfRangeWarning, out_of_range_fraction, polyact_layers
+    from .nn.poly_act import OutOfRangeWarning, out_of_range_fraction, polyact_layers
     from .storage import save_model, save_pann
     from .train import robust_finetune
     from .trainer import evaluate

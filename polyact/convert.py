@@ -8,7 +8,7 @@ prepare / calibrate / convert steps do for quantisation:
 2. **calibrate** - run the calibration data; observers record ranges and samples;
 3. **convert** - choose each interval from the observed range plus a margin, fit the
    activation there (by degree, tolerance, composite precision ``alpha``, or per-layer
-   overrides) and put a :class:`~polyact.modules.PolyAct` in its place.
+   overrides) and put a :class:`~polyact.nn.poly_act.PolyAct` in its place.
 
 The result is an ordinary ``nn.Module`` plus a :class:`~polyact.report.ConversionReport`.
 """
@@ -31,11 +31,11 @@ from .data import Dataset
 from .approx.fitting import fit, fit_to_tolerance
 from .graph import LoweringError, lower
 from .models import FACTORY_ATTR
-from .modules import PolyAct
+from .nn.poly_act import PolyAct
 from .approx.polynomials import ChebPoly, Polynomial
 from .report import ConversionReport, LayerReport
+from .nn.sites import ActivationSlot
 from .rewrite import (
-    ActivationSlot,
     FunctionalCallDetector,
     Site,
     Structure,
@@ -319,7 +319,7 @@ def convert(
     maxpool : ``"poly"`` (default) computes max pooling with polynomials,
         ``max(a, b) = (a + b)/2 + |a - b|/2`` over each window as a tree of ``|x|`` fitted to
         ``2^-maxpool_alpha B`` on ``[-B, B]`` (the shallower of a minimax and a composite
-        polynomial; :mod:`polyact.maxpool`; depth and error bound in the report's notes); ``"avg"`` replaces it by average pooling, which changes the network:
+        polynomial; :mod:`polyact.nn.maxpool`; depth and error bound in the report's notes); ``"avg"`` replaces it by average pooling, which changes the network:
         the accuracy change is measured, warned about and noted (fine-tune with ``polyact
         train``); ``"error"`` refuses max pooling.
     maxpool_alpha : precision bits of the max-pool ``|x|`` (per level by name in ``overrides``,

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .convert import convert
 from .data import digits
 from .models import build_model
-from .modules import OutOfRangeWarning, polyact_layers
+from .nn.poly_act import OutOfRangeWarning, polyact_layers
 from .plots import plot_fit, plot_latency, plot_tradeoff
 from .tradeoff import TradeoffRow, measure, sweep
 from .train import RobustConfig, robust_finetune

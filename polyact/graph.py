@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import linear_maps
-from .modules import PolyAct
-from .rewrite import _LeafTracer
+from .nn.poly_act import PolyAct
+from .nn.tracing import LeafTracer
 
 INPUT = "input"
 SQUARE_SHIFT_LIMIT = 8.0
@@ -165,7 +165,7 @@ def _graph_module(pann: nn.Module) -> torch.fx.GraphModule:
     if isinstance(pann, torch.fx.GraphModule):
         return copy.deepcopy(pann)
     try:
-        graph = _LeafTracer().trace(pann)
+        graph = LeafTracer().trace(pann)
     except Exception as exc:
         raise LoweringError(
             f"torch.fx cannot trace this model ({type(exc).__name__}: {str(exc).splitlines()[0]}); "

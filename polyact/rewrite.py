@@ -10,7 +10,7 @@ named slot.
 - fits elementwise functions of one tensor as one activation: ``x * torch.sigmoid(x)`` or
   ``x * F.relu6(x + 3) / 6`` (a product involving an activation of the same tensor) becomes
   one :class:`FunctionActivation` of ``x``;
-- turns max pooling into the polynomial tree of :mod:`polyact.maxpool` (``maxpool="poly"``),
+- turns max pooling into the polynomial tree of :mod:`polyact.nn.maxpool` (``maxpool="poly"``),
   into average pooling (``"avg"``, reported) or refuses it (``"error"``);
 - reports anything else that is not polynomial by name, with what to do.
 
@@ -33,7 +33,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .activations import elementwise
-from .maxpool import PolyMaxPool, WindowGather
+from .nn.maxpool import PolyMaxPool, WindowGather
+from .nn.sites import ActivationSlot, CallSites, FunctionActivation, reset_call_sites
+from .nn.tracing import LeafTracer
 from .ops import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
@@ -55,61 +57,6 @@ MAXPOOL_HINT = ("use maxpool='poly' (max(a, b) = (a + b)/2 + |a - b|/2 with a co
 
 class UnsupportedOperationError(ValueError):
     """The model uses operations that no polynomial network (and no CKKS backend) can run."""
-
-
-class FunctionActivation(nn.Module):
-    """A functional activation call such as ``F.leaky_relu(x, 0.2)`` or ``x.clamp(min=0)``, or
-    a fused elementwise function of one tensor (``fn`` a traced module), as a module, so that it
-    can be observed, fitted and replaced like ``nn.GELU``. The constant arguments are kept: they
-    are part of the function that gets fitted."""
-
-    def __init__(self, fn: Callable, name: str, args: tuple = (), kwargs: dict | None = None,
-                 breakpoints: tuple[float, ...] = ()) -> None:
-        super().__init__()
-        self.fn, self.activation_name = fn, name
-        self.args, self.kwargs = tuple(args), {k: v for k, v in (kwargs or {}).items() if k != "inplace"}
-        self.breakpoints = tuple(breakpoints)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x, *self.args, **self.kwargs)
-
-
-class ActivationSlot(nn.Module):
-    """Placeholder that runs the original activation and hands its input to ``observer``."""
-
-    def __init__(self, activation: nn.Module, observer: nn.Module | None = None) -> None:
-        super().__init__()
-        self.activation = activation
-        self.observer = observer if observer is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.observer(x))
-
-
-class CallSites(nn.Module):
-    """One activation module called ``n`` times per forward, split into ``n`` modules named
-    ``"0" .. "n-1"`` (one slot, interval and polynomial per call). Traced models call the
-    parts directly; otherwise the ``k``-th call of a forward runs part ``k`` (the counter is
-    reset by a hook on the root module before every forward)."""
-
-    def __init__(self, module: nn.Module, calls: int) -> None:
-        super().__init__()
-        for k in range(calls):
-            self.add_module(str(k), copy.deepcopy(module))
-        self.calls = calls
-        self.count = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        part = getattr(self, str(self.count % self.calls))
-        self.count += 1
-        return part(x)
-
-
-def reset_call_sites(root: nn.Module, *_: Any) -> None:
-    """Forward pre-hook of a model with :class:`CallSites`: start counting calls at 0."""
-    for module in root.modules():
-        if isinstance(module, CallSites):
-            module.count = 0
 
 
 @dataclass
@@ -135,19 +82,6 @@ class Structure:
     traced: bool = True
     call_counts: dict[str, int] = field(default_factory=dict)
     avg_pooled: bool = False
-
-
-class _LeafTracer(torch.fx.Tracer):
-    """Keeps activations, polyact's own modules and pooling windows whole."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from .modules import PolyAct
-
-        if elementwise.module_name(m) is not None or isinstance(
-            m, (PolyAct, ActivationSlot, FunctionActivation, WindowGather)
-        ):
-            return True
-        return super().is_leaf_module(m, qualname)
 
 
 def target_name(module: nn.Module) -> str:
@@ -187,7 +121,7 @@ def _node_args(node: torch.fx.Node) -> list[Any]:
 def _activation_entry(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[str, tuple[float, ...]] | None:
     """``(target name, breakpoints)`` if ``node`` applies an activation (zoo or elementwise
     function with constant arguments) to one tensor, else ``None``."""
-    from .modules import PolyAct
+    from .nn.poly_act import PolyAct
 
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
@@ -487,7 +421,7 @@ def _check_method(node: torch.fx.Node, problems: list[str]) -> None:
 
 
 def _check_rest(gm: torch.fx.GraphModule, problems: list[str]) -> None:
-    from .modules import PolyAct
+    from .nn.poly_act import PolyAct
 
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -502,7 +436,7 @@ def _check_rest(gm: torch.fx.GraphModule, problems: list[str]) -> None:
 
 
 def _trace(model: nn.Module, maxpool: str) -> Structure:
-    graph = _LeafTracer().trace(model)
+    graph = LeafTracer().trace(model)
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
     problems: list[str] = []
     notes: list[str] = []
@@ -518,7 +452,7 @@ def _trace(model: nn.Module, maxpool: str) -> Structure:
     gm.recompile()
     gm.delete_all_unused_submodules()
     if any(isinstance(m, PolyMaxPool) for m in gm.modules()):  # inline the max-pool trees
-        gm = torch.fx.GraphModule(gm, _LeafTracer().trace(gm), class_name=type(model).__name__)
+        gm = torch.fx.GraphModule(gm, LeafTracer().trace(gm), class_name=type(model).__name__)
     order = {n.target: i for i, n in enumerate(gm.graph.nodes) if n.op == "call_module"}
     sites = sorted(sites + pool_sites, key=lambda s: order.get(s.name, order.get(s.name.rsplit(".", 1)[0], len(order))))
     return Structure(gm, sites, notes, traced=True, avg_pooled=averaged)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .models import FACTORY_ATTR, resolve_factory
-from .modules import PolyAct, polyact_layers
+from .nn.poly_act import PolyAct, polyact_layers
 from .rewrite import install, prepare_structure
 
 PANN_FORMAT = "polyact-pann/1"

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .convert import convert
 from .data import Dataset
-from .modules import OutOfRangeWarning, out_of_range_fraction, reset_range_counters
+from .nn.poly_act import OutOfRangeWarning, out_of_range_fraction, reset_range_counters
 from .trainer import accuracy, predict
 
 

@@ -55,9 +55,10 @@ from .calibrate import choose_interval
 from .approx.composite import PRODUCT_OF
 from .convert import calibrate, convert
 from .data import Dataset
-from .modules import polyact_layers
+from .nn.poly_act import polyact_layers
 from .report import ConversionReport
-from .rewrite import ActivationSlot, install, prepare_structure
+from .nn.sites import ActivationSlot
+from .rewrite import install, prepare_structure
 from .storage import copy_metadata
 from .trainer import evaluate, train_classifier
 

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset
-from .modules import OutOfRangeWarning
+from .nn.poly_act import OutOfRangeWarning
 
 
 @dataclass

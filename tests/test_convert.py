@@ -13,7 +13,7 @@ import polyact
 from polyact.activations.registry import available_activations, get_activation
 from polyact.convert import MaxPoolAveragedWarning, convert
 from polyact.graph import LoweringError, lower
-from polyact.modules import OutOfRangeError, PolyAct, polyact_layers, range_report, set_strict
+from polyact.nn.poly_act import OutOfRangeError, PolyAct, polyact_layers, range_report, set_strict
 from polyact.rewrite import UnsupportedOperationError
 from polyact.storage import load_pann, save_pann
 
@@ -166,7 +166,7 @@ def test_out_of_range_inputs_are_detected_reported_and_strict_mode_raises():
         pann(10 * x)
 
 
-@pytest.mark.filterwarnings("ignore::polyact.modules.OutOfRangeWarning")  # a few test inputs leave the calibrated ranges
+@pytest.mark.filterwarnings("ignore::polyact.nn.poly_act.OutOfRangeWarning")  # a few test inputs leave the calibrated ranges
 def test_save_and_load_give_identical_outputs(tmp_path, digits, digits_cnn):
     pann, _ = convert(digits_cnn, digits, degree=7, per_channel=True)
     path = tmp_path / "cnn.pann"
@@ -435,7 +435,7 @@ def test_prelu_is_fitted_per_channel_with_its_learned_slopes():
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
                                     dict(kernel_size=3, stride=2, ceil_mode=True), dict(kernel_size=(2, 3), dilation=2, stride=1)])
 def test_max_pool_tree_with_exact_abs_is_max_pooling(kwargs):
-    from polyact.maxpool import PolyMaxPool
+    from polyact.nn.maxpool import PolyMaxPool
 
     x = torch.randn(2, 3, 9, 7)
     pool = nn.MaxPool2d(**kwargs)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.filterwarnings("ignore::polyact.modules.OutOfRangeWarning"),
+pytestmark = [pytest.mark.filterwarnings("ignore::polyact.nn.poly_act.OutOfRangeWarning"),
               pytest.mark.isolated]  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 
 _spec = importlib.util.spec_from_file_location("gauntlet", Path(__file__).parents[1] / "benchmarks" / "gauntlet.py")

@@ -16,7 +16,7 @@ import polyact.train
 from polyact.cli import main
 from polyact.convert import convert
 from polyact.data import Dataset
-from polyact.modules import out_of_range_fraction, polyact_layers
+from polyact.nn.poly_act import out_of_range_fraction, polyact_layers
 from polyact.tradeoff import measure, sweep
 from polyact.train import RobustResult, robust_finetune
 from polyact.trainer import predict

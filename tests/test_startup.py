@@ -79,6 +79,6 @@ def test_importing_a_submodule_first_keeps_the_function_of_the_same_name():
 
 
 def test_submodules_stay_reachable_and_unknown_names_fail_clearly():
-    assert polyact.modules is importlib.import_module("polyact.modules")
+    assert polyact.nn.poly_act is importlib.import_module("polyact.nn.poly_act")
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         polyact.no_such_name

@@ -9,7 +9,7 @@ from torch import nn
 import polyact
 from polyact.calibrate import choose_interval
 from polyact.convert import convert
-from polyact.modules import PolyAct, polyact_layers
+from polyact.nn.poly_act import PolyAct, polyact_layers
 from polyact.train import (
     PerturbedActivation,
     RangePenalty,

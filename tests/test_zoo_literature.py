@@ -16,7 +16,7 @@ from polyact import models, trainer
 from polyact.activations.registry import LEARNABLE, activation_name, get_activation
 from polyact.activations.learnable import PAU
 from polyact.activations.literature import LITERATURE, LSLU, RAF
-from polyact.modules import PolyAct
+from polyact.nn.poly_act import PolyAct
 from test_fit import lp_minimax_error
 
 

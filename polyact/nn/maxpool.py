@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations.fixed import Abs
+from ..activations.fixed import Abs
 
 
 def _tuple(value: int | Sequence[int], dims: int) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .approx.polynomials import ChebPoly, CompositePoly, Polynomial, chebval_torch, poly_from_dict
+from ..approx.polynomials import ChebPoly, CompositePoly, Polynomial, chebval_torch, poly_from_dict
 
 PolySpec = Union[Polynomial, Sequence[ChebPoly]]
 
