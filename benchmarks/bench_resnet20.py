@@ -78,7 +78,7 @@ def convert_arm(model: nn.Module, arm: str, calib: int, alpha: float):
 def structured_compile(pann: nn.Module) -> dict:
     """The compiler's lowering part when no secure parameters hold the whole depth: sparse maps,
     folding, slot layouts and tile diagonal offsets for a 16384-slot block."""
-    from polyact.graph import lower
+    from polyact.ir.lower import lower
 
     compiler = importlib.import_module("he_backend.compile")  # the module (the package exports the function)
 

@@ -1,7 +1,7 @@
 """Compile a PANN into an encrypted-inference plan.
 
 ``compile(pann, input_shape)`` lowers the PANN to affine maps and polynomials
-(:func:`polyact.graph.lower`), folds everything foldable into the affine maps (each
+(:func:`polyact.ir.lower.lower`), folds everything foldable into the affine maps (each
 polynomial's input map ``t = (2x - a - b) / (b - a)``, the shift and scale of degree-2
 activations, batch normalisation), folds the interval maps between composite stages into the
 stage coefficients, places every tensor in the slots (:mod:`he_backend.lowering`: flat or
@@ -25,7 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 from torch import nn
 
-from polyact.graph import INPUT, AffineNode, PolyGraph, PolyNode, is_identity, lower
+from polyact.ir.graph import INPUT, AffineNode, PolyGraph, PolyNode, is_identity
+from polyact.ir.lower import lower
 from polyact.approx.polynomials import ChebPoly, CompositePoly
 
 from .ckks import Engine

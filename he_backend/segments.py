@@ -14,7 +14,7 @@ from typing import Callable, Collection, Mapping, Sequence
 import numpy as np
 from numpy.polynomial import chebyshev as C
 
-from polyact.graph import INPUT
+from polyact.ir.graph import INPUT
 
 from .layers import AffineStep, PolyStep
 from .params import CkksParams

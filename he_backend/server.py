@@ -14,7 +14,7 @@ from itertools import islice
 import numpy as np
 import tenseal.sealapi as sa
 
-from polyact.graph import INPUT
+from polyact.ir.graph import INPUT
 
 from .ckks import Engine
 from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header

@@ -29,7 +29,8 @@ from .calibrate import ActivationStats, RangeObserver, choose_interval, observed
 from .approx.composite import PRODUCT_OF
 from .data import Dataset
 from .approx.fitting import fit, fit_to_tolerance
-from .graph import LoweringError, lower
+from .ir.graph import LoweringError
+from .ir.lower import lower
 from .models import FACTORY_ATTR
 from .nn.poly_act import PolyAct
 from .approx.polynomials import ChebPoly, Polynomial
@@ -381,7 +382,7 @@ def convert(
 
 
 def build_report(pann: nn.Module, layers: list[LayerReport], input_shape: tuple[int, ...] | None, notes: list[str]) -> ConversionReport:
-    """Totals for a converted network: depth from its lowered graph (see :mod:`polyact.graph`)."""
+    """Totals for a converted network: depth from its lowered graph (see :mod:`polyact.ir.lower`)."""
     depth, evals, notes = None, 0, list(notes)
     if input_shape is not None:
         try:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .activations import elementwise
-from .nn.maxpool import PolyMaxPool, WindowGather
+from .nn.maxpool import PolyMaxPool
 from .nn.sites import ActivationSlot, CallSites, FunctionActivation, reset_call_sites
 from .nn.tracing import LeafTracer
 from .ops import (

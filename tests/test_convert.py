@@ -12,7 +12,8 @@ from torch import nn
 import polyact
 from polyact.activations.registry import available_activations, get_activation
 from polyact.convert import MaxPoolAveragedWarning, convert
-from polyact.graph import LoweringError, lower
+from polyact.ir.graph import LoweringError
+from polyact.ir.lower import lower
 from polyact.nn.poly_act import OutOfRangeError, PolyAct, polyact_layers, range_report, set_strict
 from polyact.rewrite import UnsupportedOperationError
 from polyact.storage import load_pann, save_pann

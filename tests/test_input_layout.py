@@ -7,7 +7,7 @@ import he_backend
 from he_backend.compile import PlanLayout
 from he_backend.lowering import count_diagonals, row_aligned_input
 from he_backend.serialization import PayloadError, pack, unpack
-from polyact.linear_maps import conv_matrix
+from polyact.ir.linear_maps import conv_matrix
 
 
 def gathered(gather, x):

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from he_backend.lowering import Layout, count_diagonals, tile_diagonals
-from polyact.graph import LoweringError, lower
-from polyact.linear_maps import DENSE_PROBE_INPUTS, conv_matrix
+from polyact.ir.graph import LoweringError
+from polyact.ir.lower import lower
+from polyact.ir.linear_maps import DENSE_PROBE_INPUTS, conv_matrix
 
 
 def _torch_matrix(module: nn.Module, shape: tuple[int, ...]) -> np.ndarray:
@@ -149,7 +150,7 @@ def test_tile_diagonals_reproduce_the_map_across_ciphertexts(block):
 LOWER_RESNET20 = textwrap.dedent("""
     import json, resource, time, torch
     from polyact import convert, models
-    from polyact.graph import lower
+    from polyact.ir.lower import lower
     torch.manual_seed(0)
     model = models.build_model("resnet", (3, 32, 32), 10, channels=(16,) * 3 + (32,) * 3 + (64,) * 3).eval()
     pann, report = convert(model, torch.randn(8, 3, 32, 32), degree=2)

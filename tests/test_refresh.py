@@ -21,7 +21,8 @@ from he_backend.compile import _square_shifts
 from he_backend.segments import candidate_cut, live_sets, roots, step_levels, value_bounds
 from polyact import models
 from polyact.convert import convert
-from polyact.graph import INPUT, lower
+from polyact.ir.graph import INPUT
+from polyact.ir.lower import lower
 from test_encrypted import _reference, precision_bits  # one definition of "bits" for the encrypted tests
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)

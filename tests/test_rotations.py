@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from he_backend.lowering import KeySet, MapShape, choose_keys, split_offsets, tile_offsets
-from polyact.linear_maps import conv_matrix
+from polyact.ir.linear_maps import conv_matrix
 
 
 def shortest_rotations(keys, slots):
