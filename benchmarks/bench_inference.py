@@ -31,7 +31,7 @@ from he_backend.metrics import compare
 from he_backend.params import CkksParams
 from polyact import data, models, trainer
 from polyact.activations.fixed import Square
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 
 TUTORIAL_PARAMS = CkksParams(8192, (31, 26, 26, 26, 26, 26, 26, 31), 26)  # the tutorial's context
 

@@ -75,7 +75,7 @@ class PolyactWorker:
         import torch
 
         from polyact import data, models
-        from polyact.convert import convert
+        from polyact.convert.pipeline import convert
 
         import he_backend
 

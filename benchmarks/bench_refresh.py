@@ -21,7 +21,7 @@ import torch
 import he_backend
 from he_backend.metrics import compare
 from polyact import data, models, trainer
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 
 NETWORKS = {"mlp": ({"hidden": (32,)}, 7, 4), "cnn": ({}, 2, 3)}  # build options, degree, max_levels
 

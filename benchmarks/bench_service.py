@@ -35,8 +35,8 @@ import he_backend
 from he_backend.client import RemoteClient
 from he_backend.memory import session_bytes
 from polyact import data, models, trainer
-from polyact.convert import convert
-from polyact.storage import save_pann
+from polyact.convert.pipeline import convert
+from polyact.convert.storage import save_pann
 
 
 def start_server(pann_path: Path, args) -> tuple[subprocess.Popen, str]:

@@ -22,7 +22,7 @@ from torch import nn
 import he_backend
 import polyact
 from polyact import data
-from polyact.rewrite import UnsupportedOperationError
+from polyact.convert.sites import UnsupportedOperationError
 from polyact.trainer import evaluate, predict, train_classifier
 
 

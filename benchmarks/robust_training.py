@@ -42,7 +42,7 @@ import torch
 from polyact import data as datasets
 from polyact import models, trainer
 from polyact.allocate import Candidates, greedy_allocate
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 from polyact.nn.poly_act import polyact_layers
 from polyact.train import robust_finetune
 

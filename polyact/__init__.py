@@ -26,12 +26,12 @@ _EXPORTS: dict[str, str] = {
     "fit": "approx.fitting",
     "fit_to_tolerance": "approx.fitting",
     "get_activation": "activations",
-    "load_model": "storage",
-    "load_pann": "storage",
+    "load_model": "convert.storage",
+    "load_pann": "convert.storage",
     "poly_from_dict": "approx.polynomials",
     "poly_from_json": "approx.polynomials",
-    "save_model": "storage",
-    "save_pann": "storage",
+    "save_model": "convert.storage",
+    "save_pann": "convert.storage",
 }
 # public submodules
 _SUBMODULES = ("train", "tradeoff")

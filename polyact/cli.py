@@ -126,7 +126,7 @@ def _load_data_and_model(args: argparse.Namespace):
 
     from .data import load_dataset
     from .models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
-    from .storage import file_format, load_model, load_pann
+    from .convert.storage import file_format, load_model, load_pann
     from .trainer import evaluate, train_classifier
 
     data = load_dataset(args.dataset)
@@ -189,8 +189,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
-    from .storage import save_pann
+    from .convert.pipeline import convert
+    from .convert.storage import save_pann
     from .trainer import evaluate
 
     data, model = _load_data_and_model(args)
@@ -295,7 +295,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .nn.poly_act import OutOfRangeWarning, out_of_range_fraction, polyact_layers
-    from .storage import save_model, save_pann
+    from .convert.storage import save_model, save_pann
     from .train import robust_finetune
     from .trainer import evaluate
 

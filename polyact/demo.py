@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .convert import convert
+from .convert.pipeline import convert
 from .data import digits
 from .models import build_model
 from .nn.poly_act import OutOfRangeWarning, polyact_layers

@@ -170,7 +170,7 @@ def resolve_factory(path: str) -> Callable[..., nn.Module]:
     ``sys.path`` or the current directory) or ``"path/to/file.py:function"``.
 
     This runs the named module's code: call it only with names the user chose (see
-    :func:`polyact.storage.load_pann` for how files are kept from naming code)."""
+    :func:`polyact.convert.storage.load_pann` for how files are kept from naming code)."""
     module_name, _, attr = path.rpartition(":")
     if not module_name or not attr:
         raise ValueError(f"a model factory is 'package.module:function' or 'path/to/file.py:function', got {path!r}")

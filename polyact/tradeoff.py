@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .convert import convert
+from .convert.pipeline import convert
 from .data import Dataset
 from .nn.poly_act import OutOfRangeWarning, out_of_range_fraction, reset_range_counters
 from .trainer import accuracy, predict

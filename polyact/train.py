@@ -51,15 +51,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibrate import choose_interval
+from .convert.calibration import choose_interval
 from .approx.composite import PRODUCT_OF
-from .convert import calibrate, convert
+from .convert.pipeline import calibrate, convert
 from .data import Dataset
 from .nn.poly_act import polyact_layers
-from .report import ConversionReport
+from .convert.report import ConversionReport
 from .nn.sites import ActivationSlot
-from .rewrite import install, prepare_structure
-from .storage import copy_metadata
+from .convert.sites import install
+from .convert.call_sites import prepare_structure
+from .convert.storage import copy_metadata
 from .trainer import evaluate, train_classifier
 
 PERTURBATIONS = ("polynomial", "noise", "worst_case", None)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from polyact.allocate import Candidates, greedy_allocate, layer_ct_ct_mults
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 from polyact.trainer import evaluate
 
 

@@ -60,7 +60,7 @@ def test_convert_writes_a_loadable_pann_and_reports_json(tmp_path, capsys):
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["depth"] == 1 + 3 + 1 and len(report["layers"]) == 1
-    from polyact.storage import load_pann
+    from polyact.convert.storage import load_pann
 
     pann = load_pann(out)
     assert pann.polyact_input_shape == [1, 8, 8]
@@ -70,7 +70,7 @@ def test_convert_accepts_saved_models_and_state_dicts_with_a_factory(tmp_path, c
     import torch
 
     from polyact.models import build_model
-    from polyact.storage import save_model
+    from polyact.convert.storage import save_model
 
     model = build_model("mlp", (1, 8, 8), 10, "gelu", hidden=(8,))
     save_model(model, tmp_path / "model.pt")
@@ -108,6 +108,6 @@ def test_train_plain_then_robust_then_fine_tune_a_pann(tmp_path, capsys):
     assert robust["report"]["layers"][0]["degree"] == 3 and len(robust["stages"]) == 1
     assert main(["train", "--model", str(pann), "--trainable-coefficients", "--robust-epochs", "1", "--out", str(tuned)]) == 0
     assert "fine-tune PANN" in capsys.readouterr().out
-    from polyact.storage import load_pann
+    from polyact.convert.storage import load_pann
 
     assert load_pann(tuned).polyact_input_shape == [1, 8, 8]

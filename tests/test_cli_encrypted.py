@@ -8,9 +8,9 @@ import torch
 
 import he_backend
 from polyact.cli import main
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 from polyact.demo import DemoConfig, run_demo
-from polyact.storage import save_pann
+from polyact.convert.storage import save_pann
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 
@@ -107,7 +107,7 @@ def test_bring_your_own_model_end_to_end_through_the_command_line(digits, tmp_pa
     code, _, err = polyact("convert", "--model", "net.pt", "--factory", "mynets.tabular:TabNet", "--degree", "5",
                            "--out", "net.pann")
     assert code == 0, err
-    from polyact.storage import UntrustedFactory, load_pann
+    from polyact.convert.storage import UntrustedFactory, load_pann
 
     with pytest.raises(UntrustedFactory, match="mynets.tabular:TabNet"):
         load_pann(tmp_path / "net.pann")  # the factory is persisted, and not imported unasked

@@ -11,7 +11,7 @@ import torch
 import he_backend
 from he_backend.layers import PlaintextCache
 from he_backend.params import MAX_LOG_Q, CkksParams
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 

@@ -14,7 +14,7 @@ from torch import nn
 import polyact
 import polyact.train
 from polyact.cli import main
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 from polyact.data import Dataset
 from polyact.nn.poly_act import out_of_range_fraction, polyact_layers
 from polyact.tradeoff import measure, sweep

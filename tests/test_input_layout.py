@@ -33,7 +33,7 @@ def test_the_replicated_layout_computes_the_same_map_with_one_diagonal_per_row_e
 
 
 def test_sample_plans_pack_the_input_replicated_and_batch_plans_flat(digits, digits_cnn):
-    from polyact.convert import convert
+    from polyact.convert.pipeline import convert
 
     pann, _ = convert(digits_cnn, digits, degree=3)
     pann = pann.double().eval()
@@ -55,7 +55,7 @@ def test_sample_plans_pack_the_input_replicated_and_batch_plans_flat(digits, dig
 
 
 def test_a_layout_whose_gather_reads_outside_the_input_is_refused(digits, digits_cnn):
-    from polyact.convert import convert
+    from polyact.convert.pipeline import convert
 
     pann, _ = convert(digits_cnn, digits, degree=3)
     layout = he_backend.compile(pann.double().eval(), digits.input_shape).layout()

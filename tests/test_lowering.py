@@ -175,7 +175,7 @@ def test_resnet20_at_cifar_shape_lowers_in_bounded_memory():
 def test_tensor_spanning_two_ciphertexts_runs_encrypted():
     import he_backend
     from he_backend.params import params_for
-    from polyact.convert import convert
+    from polyact.convert.pipeline import convert
 
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(1, 18, 3, padding=1), nn.ReLU(), nn.AvgPool2d(4), nn.Flatten(), nn.Linear(18 * 16, 10)).eval()
@@ -196,7 +196,7 @@ def test_tensor_spanning_two_ciphertexts_runs_encrypted():
 
 def test_compiler_places_strided_outputs_in_the_layout_with_fewer_diagonals():
     import he_backend
-    from polyact.convert import convert
+    from polyact.convert.pipeline import convert
 
     torch.manual_seed(6)
     conv = nn.Conv2d(2, 8, 3, stride=2, padding=1)

@@ -8,7 +8,7 @@ from torch import nn
 
 import he_backend
 from he_backend.parallel import run_encrypted
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 

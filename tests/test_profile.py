@@ -6,7 +6,7 @@ import pytest
 
 import he_backend
 from he_backend.profile import instrumented, profile
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_cli_bench_profile_prints_the_plans_counts(tmp_path, digits, digits_mlp,
     import json
 
     from polyact.cli import main
-    from polyact.storage import save_pann
+    from polyact.convert.storage import save_pann
 
     pann, _ = convert(digits_mlp, digits, degree=7)
     path = tmp_path / "mlp.pann"

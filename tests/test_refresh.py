@@ -20,7 +20,7 @@ from he_backend.serialization import pack, seal_from_bytes, unpack
 from he_backend.compile import _square_shifts
 from he_backend.segments import candidate_cut, live_sets, roots, step_levels, value_bounds
 from polyact import models
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 from polyact.ir.graph import INPUT
 from polyact.ir.lower import lower
 from test_encrypted import _reference, precision_bits  # one definition of "bits" for the encrypted tests
@@ -433,7 +433,7 @@ def test_noise_flooding_adds_gaussian_noise_of_the_given_width(mlp_plan, mlp_pai
 @pytest.mark.slow
 def test_encrypt_run_drives_refresh_rounds(mlp, digits, tmp_path, capsys):
     from polyact.cli import main
-    from polyact.storage import save_pann
+    from polyact.convert.storage import save_pann
 
     path = tmp_path / "mlp.pann"
     save_pann(mlp, path, input_shape=digits.input_shape)

@@ -115,7 +115,7 @@ def test_keys_of_positive_steps_rotate_as_composed():
 
 def test_key_memory_bounds_the_keys_and_fewer_keys_cost_more_switches(digits, digits_cnn):
     import he_backend
-    from polyact.convert import convert
+    from polyact.convert.pipeline import convert
 
     pann, _ = convert(digits_cnn, digits, degree=3)
     pann = pann.double().eval()

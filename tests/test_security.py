@@ -9,7 +9,7 @@ import pytest
 
 import he_backend
 from he_backend.serialization import MAGIC, PayloadError, pack, unpack
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 

@@ -26,8 +26,8 @@ from he_backend.memory import evaluation_bytes, rss_bytes, session_bytes, upload
 from he_backend.serialization import MAGIC
 from he_backend.service import ServiceLimits, SessionTable, create_app
 from polyact.cli import main
-from polyact.convert import convert
-from polyact.storage import save_pann
+from polyact.convert.pipeline import convert
+from polyact.convert.storage import save_pann
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from polyact.cli import main
-from polyact.convert import convert
-from polyact.storage import UntrustedFactory, load_model, load_pann, save_model, save_pann
+from polyact.convert.pipeline import convert
+from polyact.convert.storage import UntrustedFactory, load_model, load_pann, save_model, save_pann
 
 TABNET = textwrap.dedent("""
     from torch import nn

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 from polyact.tradeoff import sweep
 from polyact.trainer import evaluate, predict
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import polyact
-from polyact.calibrate import choose_interval
-from polyact.convert import convert
+from polyact.convert.calibration import choose_interval
+from polyact.convert.pipeline import convert
 from polyact.nn.poly_act import PolyAct, polyact_layers
 from polyact.train import (
     PerturbedActivation,

@@ -5,7 +5,7 @@ import pytest
 
 import he_backend
 from he_backend.serialization import unpack
-from polyact.convert import convert
+from polyact.convert.pipeline import convert
 
 
 def _alone_and_shared(model, digits, images: int):

@@ -1,42 +1,23 @@
-"""Find every non-polynomial operation of a model and give each call of an activation its own
-named slot.
-
-``prepare_structure`` traces the model with ``torch.fx`` (activations are leaves) and
-
-- gives every *call* of an activation its own slot: a module called twice (torchvision's
-  ``BasicBlock.relu``) becomes a :class:`CallSites` container whose calls are ``relu.0`` and
-  ``relu.1``; functional calls (``F.gelu``, ``x.relu()``, ``torch.clamp``, in a loop or not)
-  become modules named ``act_<node>``;
-- fits elementwise functions of one tensor as one activation: ``x * torch.sigmoid(x)`` or
-  ``x * F.relu6(x + 3) / 6`` (a product involving an activation of the same tensor) becomes
-  one :class:`FunctionActivation` of ``x``;
-- turns max pooling into the polynomial tree of :mod:`polyact.nn.maxpool` (``maxpool="poly"``),
-  into average pooling (``"avg"``, reported) or refuses it (``"error"``);
-- reports anything else that is not polynomial by name, with what to do.
-
-Models that fx cannot trace fall back to swapping modules in place (a module called ``n``
-times per forward, counted on an example input, becomes a :class:`CallSites` that dispatches
-its calls in order); functional activations inside such models are then caught at calibration
-time (:class:`FunctionalCallDetector`). The result is deterministic, so a saved PANN can be
-rebuilt from its original model.
-"""
+"""Call-site discovery with ``torch.fx``: trace the model (activations are leaves), give every
+call of an activation its own slot, fuse elementwise functions of one tensor into one activation,
+turn max pooling into a polynomial tree (or average pooling, or a refusal), and list everything
+else that is not polynomial, with what to do (see :mod:`polyact.convert.call_sites`)."""
 from __future__ import annotations
 
-import copy
 import operator
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from .activations import elementwise
-from .nn.maxpool import PolyMaxPool
-from .nn.sites import ActivationSlot, CallSites, FunctionActivation, reset_call_sites
-from .nn.tracing import LeafTracer
-from .ops import (
+from ..activations import elementwise
+from ..activations.registry import get_activation
+from ..nn.maxpool import PolyMaxPool
+from ..nn.poly_act import PolyAct
+from ..nn.sites import CallSites, FunctionActivation
+from ..nn.tracing import LeafTracer
+from .supported_ops import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
     MAXPOOL_FUNCTIONS,
@@ -48,45 +29,13 @@ from .ops import (
     hint_for,
     is_constant_divisor,
 )
+from .sites import Site, Structure, UnsupportedOperationError, target_name
 
 MAXPOOL_CHOICES = ("poly", "avg", "error")
 MAXPOOL_HINT = ("use maxpool='poly' (max(a, b) = (a + b)/2 + |a - b|/2 with a composite |x|, exact up to "
                 "2^-alpha) or maxpool='avg' (average pooling: changes the network, then fine-tune with "
                 "`polyact train`)")
 
-
-class UnsupportedOperationError(ValueError):
-    """The model uses operations that no polynomial network (and no CKKS backend) can run."""
-
-
-@dataclass
-class Site:
-    """One activation to replace: where it lives in the prepared model and what it computes.
-    ``kind`` is ``"activation"`` or ``"maxpool"`` (an ``|x|`` of a polynomial max-pool tree)."""
-
-    name: str
-    op: str
-    activation: nn.Module
-    target: str
-    kind: str = "activation"
-
-
-@dataclass
-class Structure:
-    """A model prepared for conversion: activation slots in place, plus what was found.
-    ``call_counts`` records modules split into per-call parts (module swapping only)."""
-
-    model: nn.Module
-    sites: list[Site]
-    notes: list[str] = field(default_factory=list)
-    traced: bool = True
-    call_counts: dict[str, int] = field(default_factory=dict)
-    avg_pooled: bool = False
-
-
-def target_name(module: nn.Module) -> str:
-    """Registry name of an activation module (or its class name)."""
-    return getattr(module, "activation_name", None) or elementwise.module_name(module) or type(module).__name__
 
 
 def _unsupported(kind: str, name: str, key: Any) -> str:
@@ -121,8 +70,6 @@ def _node_args(node: torch.fx.Node) -> list[Any]:
 def _activation_entry(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[str, tuple[float, ...]] | None:
     """``(target name, breakpoints)`` if ``node`` applies an activation (zoo or elementwise
     function with constant arguments) to one tensor, else ``None``."""
-    from .nn.poly_act import PolyAct
-
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         name = None if isinstance(module, PolyAct) else elementwise.module_name(module)
@@ -146,8 +93,6 @@ def _activation_entry(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[st
 
 
 def _zoo_module(name: str) -> nn.Module:
-    from .activations.registry import get_activation
-
     return get_activation(name)
 
 
@@ -239,7 +184,7 @@ def _fused_function(node: torch.fx.Node, root: torch.fx.Node, region: list[torch
     return torch.fx.GraphModule(gm, graph)
 
 
-def _replace_with_module(gm: torch.fx.GraphModule, node: torch.fx.Node, name: str, module: nn.Module, source: torch.fx.Node) -> None:
+def replace_with_module(gm: torch.fx.GraphModule, node: torch.fx.Node, name: str, module: nn.Module, source: torch.fx.Node) -> None:
     gm.add_submodule(name, module)
     with gm.graph.inserting_after(node):
         replacement = gm.graph.call_module(name, (source,))
@@ -276,7 +221,7 @@ def _activation_sites(gm: torch.fx.GraphModule) -> list[Site]:
                 formula = _expression(n, root, gm)
                 fused.append((n, FunctionActivation(_fused_function(n, root, region, gm), formula)))
         for n, fn in reversed(fused):
-            _replace_with_module(gm, n, f"act_{n.name}", fn, root)
+            replace_with_module(gm, n, f"act_{n.name}", fn, root)
             sites.append(Site(f"act_{n.name}", "elementwise", fn, fn.activation_name))
         for n in reversed(singles):
             sites.append(_single_site(gm, n, *_activation_entry(n, gm)))
@@ -293,7 +238,7 @@ def _single_site(gm: torch.fx.GraphModule, node: torch.fx.Node, name: str, point
     fn = node.target if node.op == "call_function" else getattr(torch.Tensor, node.target)
     activation = FunctionActivation(fn, name, node.args[1:], node.kwargs, points)
     slot = f"act_{node.name}"
-    _replace_with_module(gm, node, slot, activation, node.args[0])
+    replace_with_module(gm, node, slot, activation, node.args[0])
     gm.graph.erase_node(node)
     op = describe(fn) if node.op == "call_function" else f".{node.target}()"
     return Site(slot, op, activation, name)
@@ -314,12 +259,12 @@ def _split_shared_modules(gm: torch.fx.GraphModule, notes: list[str]) -> None:
 
 
 # ---- max pooling ---------------------------------------------------------------------------
-def _maxpool_sites(name: str, pool: PolyMaxPool) -> list[Site]:
+def maxpool_sites(name: str, pool: PolyMaxPool) -> list[Site]:
     return [Site(f"{name}.abs{i}", f"max-pool level {i}", getattr(pool, f"abs{i}"), "abs", kind="maxpool")
             for i in range(pool.levels)]
 
 
-def _pool_note(name: str, kind: str, pool: PolyMaxPool | None) -> str:
+def pool_note(name: str, kind: str, pool: PolyMaxPool | None) -> str:
     if pool is None:
         return f"{name}: {kind} -> average pooling (maxpool='avg': the network changes; see the measured accuracy)"
     return (f"{name}: {kind} -> max(a, b) = (a+b)/2 + |a-b|/2 over windows of {pool.gather.window}, "
@@ -331,11 +276,11 @@ def _replace_maxpools(gm: torch.fx.GraphModule, maxpool: str, problems: list[str
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and type(gm.get_submodule(node.target)) in MAXPOOL_MODULES:
             module = gm.get_submodule(node.target)
-            pool = _pooled_module(module, maxpool, node.target, problems)
+            pool = pooled_module(module, maxpool, node.target, problems)
             if pool is not None:
                 gm.set_submodule(node.target, pool)
-                notes.append(_pool_note(node.target, describe(type(module)), pool if isinstance(pool, PolyMaxPool) else None))
-                sites += _maxpool_sites(node.target, pool) if isinstance(pool, PolyMaxPool) else []
+                notes.append(pool_note(node.target, describe(type(module)), pool if isinstance(pool, PolyMaxPool) else None))
+                sites += maxpool_sites(node.target, pool) if isinstance(pool, PolyMaxPool) else []
                 averaged |= not isinstance(pool, PolyMaxPool)
         elif node.op == "call_function" and node.target in MAXPOOL_FUNCTIONS:
             site_list, avg = _replace_maxpool_function(gm, node, maxpool, problems, notes)
@@ -344,7 +289,7 @@ def _replace_maxpools(gm: torch.fx.GraphModule, maxpool: str, problems: list[str
     return sites, averaged
 
 
-def _pooled_module(module: nn.Module, maxpool: str, name: str, problems: list[str]) -> nn.Module | None:
+def pooled_module(module: nn.Module, maxpool: str, name: str, problems: list[str]) -> nn.Module | None:
     if getattr(module, "return_indices", False):
         problems.append(f"  - {describe(type(module))} {name!r}: return_indices=True (unpooling by indices) has no polynomial form")
         return None
@@ -374,16 +319,16 @@ def _replace_maxpool_function(gm, node, maxpool, problems, notes) -> tuple[list[
     if maxpool == "avg":
         node.target = MAXPOOL_FUNCTIONS[fn]
         node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dilation", "return_indices")}
-        notes.append(_pool_note(node.name, describe(fn), None))
+        notes.append(pool_note(node.name, describe(fn), None))
         return [], True
     dims = 1 if fn is F_MAX_POOL1D else 2
     pool = PolyMaxPool(kwargs["kernel_size"], kwargs.get("stride"), kwargs.get("padding", 0),
                        kwargs.get("dilation", 1), kwargs.get("ceil_mode", False), dims)
     name = f"maxpool_{node.name}"
-    _replace_with_module(gm, node, name, pool, node.args[0])
+    replace_with_module(gm, node, name, pool, node.args[0])
     gm.graph.erase_node(node)
-    notes.append(_pool_note(name, describe(fn), pool))
-    return _maxpool_sites(name, pool), False
+    notes.append(pool_note(name, describe(fn), pool))
+    return maxpool_sites(name, pool), False
 
 
 F_MAX_POOL1D = torch.nn.functional.max_pool1d
@@ -421,8 +366,6 @@ def _check_method(node: torch.fx.Node, problems: list[str]) -> None:
 
 
 def _check_rest(gm: torch.fx.GraphModule, problems: list[str]) -> None:
-    from .nn.poly_act import PolyAct
-
     for node in gm.graph.nodes:
         if node.op == "call_module":
             module = gm.get_submodule(node.target)
@@ -435,7 +378,7 @@ def _check_rest(gm: torch.fx.GraphModule, problems: list[str]) -> None:
             _check_method(node, problems)
 
 
-def _trace(model: nn.Module, maxpool: str) -> Structure:
+def trace_sites(model: nn.Module, maxpool: str) -> Structure:
     graph = LeafTracer().trace(model)
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
     problems: list[str] = []
@@ -456,113 +399,3 @@ def _trace(model: nn.Module, maxpool: str) -> Structure:
     order = {n.target: i for i, n in enumerate(gm.graph.nodes) if n.op == "call_module"}
     sites = sorted(sites + pool_sites, key=lambda s: order.get(s.name, order.get(s.name.rsplit(".", 1)[0], len(order))))
     return Structure(gm, sites, notes, traced=True, avg_pooled=averaged)
-
-
-@torch.no_grad()
-def count_calls(model: nn.Module, example: torch.Tensor | None) -> dict[str, int]:
-    """How often each activation module runs in one forward on ``example`` (modules called
-    more than once only); empty without an example or when the forward fails."""
-    if example is None:
-        return {}
-    counts: dict[str, int] = {}
-    handles = [m.register_forward_hook(lambda *_, n=name: counts.__setitem__(n, counts.get(n, 0) + 1))
-               for name, m in model.named_modules() if name and elementwise.module_name(m)]
-    try:
-        model(example)
-    except Exception:  # the caller's forward will raise its own error during calibration
-        return {}
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: n for name, n in counts.items() if n > 1}
-
-
-def _swap_modules(model: nn.Module, maxpool: str, reason: str, call_counts: dict[str, int]) -> Structure:
-    sites: list[Site] = []
-    notes = [f"torch.fx could not trace the model ({reason}); swapped activation modules in place"]
-    problems: list[str] = []
-    averaged, claimed = False, ()
-    for name, module in list(model.named_modules()):
-        if not name or name.startswith(claimed):
-            continue
-        if type(module) in MAXPOOL_MODULES:
-            pool = _pooled_module(module, maxpool, name, problems)
-            if pool is not None:
-                model.set_submodule(name, pool)
-                notes.append(_pool_note(name, describe(type(module)), pool if isinstance(pool, PolyMaxPool) else None))
-                sites += _maxpool_sites(name, pool) if isinstance(pool, PolyMaxPool) else []
-                averaged |= not isinstance(pool, PolyMaxPool)
-        elif elementwise.module_name(module) is not None:
-            calls = call_counts.get(name, 1)
-            if calls > 1:
-                model.set_submodule(name, CallSites(module, calls))
-                sites += [Site(f"{name}.{k}", describe(type(module)), getattr(model.get_submodule(name), str(k)),
-                               target_name(module)) for k in range(calls)]
-                notes.append(f"{name}: one module called {calls} times per forward; each call is its own activation")
-            else:
-                sites.append(Site(name, describe(type(module)), module, target_name(module)))
-        else:
-            continue
-        claimed = (*claimed, name + ".")
-    if problems:
-        raise UnsupportedOperationError("the model uses operations a polynomial network cannot evaluate:\n" + "\n".join(problems))
-    if any(n > 1 for n in call_counts.values()):
-        model.register_forward_pre_hook(reset_call_sites)
-    return Structure(model, sites, notes, traced=False, call_counts=dict(call_counts), avg_pooled=averaged)
-
-
-def prepare_structure(model: nn.Module, maxpool: str = "poly", use_fx: bool = True,
-                      call_counts: dict[str, int] | None = None, example: torch.Tensor | None = None) -> Structure:
-    """Copy ``model`` (eval mode) and locate its activations; see the module docstring.
-
-    ``maxpool``: ``"poly"`` (polynomial max, default), ``"avg"`` (average pooling instead:
-    the network changes) or ``"error"`` (refuse). ``call_counts`` (module name -> calls per
-    forward) or an ``example`` input tells module swapping which modules run several times.
-    """
-    if maxpool not in MAXPOOL_CHOICES:
-        raise ValueError(f"maxpool must be one of {MAXPOOL_CHOICES}, got {maxpool!r}")
-    model = copy.deepcopy(model).eval()
-    if use_fx:
-        try:
-            return _trace(model, maxpool)
-        except UnsupportedOperationError:
-            raise
-        except Exception as exc:  # fx raises many kinds of errors on dynamic models
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    else:
-        reason = "fx disabled"
-    counts = call_counts if call_counts is not None else count_calls(model, example)
-    return _swap_modules(model, maxpool, reason, counts)
-
-
-def install(structure: Structure, make: Callable[[Site], nn.Module]) -> None:
-    """Put ``make(site)`` in place of every activation site."""
-    for site in structure.sites:
-        structure.model.set_submodule(site.name, make(site))
-
-
-class FunctionalCallDetector(TorchFunctionMode):
-    """Records functional activations called outside activation slots (untraced models)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: set[str] = set()
-        self.depth = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.depth == 0:
-            key = func if func in ACTIVATION_FUNCTIONS else getattr(func, "__name__", None)
-            if key in ACTIVATION_FUNCTIONS or func in elementwise.FUNCTIONS or (
-                    isinstance(key, str) and (key in ACTIVATION_METHODS or key in elementwise.METHODS)):
-                self.calls.add(describe(func))
-        return func(*args, **(kwargs or {}))
-
-
-def guard_slots(model: nn.Module, detector: FunctionalCallDetector) -> list:
-    """Hooks that silence ``detector`` while an activation slot runs its own activation."""
-    handles = []
-    for module in model.modules():
-        if isinstance(module, ActivationSlot):
-            handles.append(module.register_forward_pre_hook(lambda *_: setattr(detector, "depth", detector.depth + 1)))
-            handles.append(module.register_forward_hook(lambda *_: setattr(detector, "depth", detector.depth - 1)))
-    return handles

@@ -3,14 +3,14 @@
 ``convert(model, calib_data, method="minimax", degree=15)`` does what ``torch.ao``'s
 prepare / calibrate / convert steps do for quantisation:
 
-1. **prepare** - locate every non-polynomial operation (:mod:`polyact.rewrite`) and put an
+1. **prepare** - locate every non-polynomial operation (:mod:`polyact.convert.call_sites`) and put an
    observer on each activation's input;
 2. **calibrate** - run the calibration data; observers record ranges and samples;
 3. **convert** - choose each interval from the observed range plus a margin, fit the
    activation there (by degree, tolerance, composite precision ``alpha``, or per-layer
    overrides) and put a :class:`~polyact.nn.poly_act.PolyAct` in its place.
 
-The result is an ordinary ``nn.Module`` plus a :class:`~polyact.report.ConversionReport`.
+The result is an ordinary ``nn.Module`` plus a :class:`~polyact.convert.report.ConversionReport`.
 """
 from __future__ import annotations
 
@@ -25,29 +25,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibrate import ActivationStats, RangeObserver, choose_interval, observed_range
-from .approx.composite import PRODUCT_OF
-from .data import Dataset
-from .approx.fitting import fit, fit_to_tolerance
-from .ir.graph import LoweringError
-from .ir.lower import lower
-from .models import FACTORY_ATTR
-from .nn.poly_act import PolyAct
-from .approx.polynomials import ChebPoly, Polynomial
+from .calibration import ActivationStats, RangeObserver, choose_interval, observed_range
+from ..approx.composite import PRODUCT_OF
+from ..data import Dataset
+from ..approx.fitting import fit, fit_to_tolerance
+from ..ir.graph import LoweringError
+from ..ir.lower import lower
+from ..models import FACTORY_ATTR
+from ..nn.poly_act import PolyAct
+from ..approx.polynomials import ChebPoly, Polynomial
 from .report import ConversionReport, LayerReport
-from .nn.sites import ActivationSlot
-from .rewrite import (
-    FunctionalCallDetector,
-    Site,
-    Structure,
-    UnsupportedOperationError,
-    guard_slots,
-    install,
-    prepare_structure,
-)
+from ..nn.sites import ActivationSlot
+from .module_swap import FunctionalCallDetector, guard_slots
+from .sites import Site, Structure, UnsupportedOperationError, install
+from .call_sites import prepare_structure
 from .storage import INPUT_SHAPE_ATTR, STRUCTURE_ATTR
-from .activations.elementwise import channel_slopes, prelu_channel
-from .approx.targets import Target, as_target
+from ..activations.elementwise import channel_slopes, prelu_channel
+from ..approx.targets import Target, as_target
 
 DEFAULT_MAXPOOL_ALPHA = 5.0
 

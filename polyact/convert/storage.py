@@ -18,9 +18,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .models import FACTORY_ATTR, resolve_factory
-from .nn.poly_act import PolyAct, polyact_layers
-from .rewrite import install, prepare_structure
+from ..models import FACTORY_ATTR, resolve_factory
+from ..nn.poly_act import PolyAct, polyact_layers
+from .sites import install
+from .call_sites import prepare_structure
 
 PANN_FORMAT = "polyact-pann/1"
 MODEL_FORMAT = "polyact-model/1"
