@@ -12,7 +12,8 @@ import statistics
 
 import torch
 
-from polyact import data, models, trainer
+from polyact import data, models
+from polyact.train import loop as trainer
 from polyact.tradeoff import sweep
 
 METHODS = ("minimax", "chebyshev", "lsq")

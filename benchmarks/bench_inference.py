@@ -29,7 +29,8 @@ from torch import nn
 import he_backend
 from he_backend.metrics import compare
 from he_backend.params import CkksParams
-from polyact import data, models, trainer
+from polyact import data, models
+from polyact.train import loop as trainer
 from polyact.activations.fixed import Square
 from polyact.convert.pipeline import convert
 

@@ -234,7 +234,8 @@ class Worker:
 def _train(name: str, digits, epochs: int):
     import torch
 
-    from polyact import models, trainer
+    from polyact import models
+    from polyact.train import loop as trainer
 
     torch.manual_seed(0)
     model = models.build_model(name, INPUT_SHAPE, 10, "gelu")

@@ -34,7 +34,8 @@ import torch
 import he_backend
 from he_backend.client import RemoteClient
 from he_backend.memory import session_bytes
-from polyact import data, models, trainer
+from polyact import data, models
+from polyact.train import loop as trainer
 from polyact.convert.pipeline import convert
 from polyact.convert.storage import save_pann
 

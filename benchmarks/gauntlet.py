@@ -23,7 +23,7 @@ import he_backend
 import polyact
 from polyact import data
 from polyact.convert.sites import UnsupportedOperationError
-from polyact.trainer import evaluate, predict, train_classifier
+from polyact.train.loop import evaluate, predict, train_classifier
 
 
 KEY_MEMORY = 512 << 20  # Galois keys per plan: client and server keys live in one process here

@@ -33,7 +33,7 @@ def table(summary: dict) -> str:
 def allocation_costs(entry: dict) -> dict:
     """Polynomial levels (sum over layers, all on the main path) and ct x ct products per
     ciphertext of the uniform and the allocated PANN."""
-    from polyact.allocate import layer_ct_ct_mults
+    from polyact.train.allocate import layer_ct_ct_mults
     from polyact.nn.poly_act import PolyAct
 
     out = {}

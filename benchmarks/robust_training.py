@@ -18,7 +18,7 @@ sign precision 2^-alpha for ReLU (``alpha=alpha``), whose ReLU error is also <= 
 mean exact accuracy (the best exact model this budget gives) minus 0.5 points; an arm's needed
 alpha is the smallest whose mean accuracy over seeds meets it.
 
-``--allocate`` adds per-layer precision allocation (polyact.allocate) on the robust model of the
+``--allocate`` adds per-layer precision allocation (polyact.train.allocate) on the robust model of the
 first seed, from its smallest uniform alpha, decided on half of the test set and reported on
 the other half.
 
@@ -40,11 +40,12 @@ from pathlib import Path
 import torch
 
 from polyact import data as datasets
-from polyact import models, trainer
-from polyact.allocate import Candidates, greedy_allocate
+from polyact import models
+from polyact.train import loop as trainer
+from polyact.train.allocate import Candidates, greedy_allocate
 from polyact.convert.pipeline import convert
 from polyact.nn.poly_act import polyact_layers
-from polyact.train import robust_finetune
+from polyact.train.robust import robust_finetune
 
 ARCHITECTURES = {
     "cnn": ("cnn", {}),

@@ -127,7 +127,7 @@ def _load_data_and_model(args: argparse.Namespace):
     from .data import load_dataset
     from .models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
     from .convert.storage import file_format, load_model, load_pann
-    from .trainer import evaluate, train_classifier
+    from .train.loop import evaluate, train_classifier
 
     data = load_dataset(args.dataset)
     if args.model in ARCHITECTURES:
@@ -191,7 +191,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from .convert.pipeline import convert
     from .convert.storage import save_pann
-    from .trainer import evaluate
+    from .train.loop import evaluate
 
     data, model = _load_data_and_model(args)
     pann, report = convert(model, data, method=args.method, degree=args.degree, tolerance=args.tolerance,
@@ -296,8 +296,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from .nn.poly_act import OutOfRangeWarning, out_of_range_fraction, polyact_layers
     from .convert.storage import save_model, save_pann
-    from .train import robust_finetune
-    from .trainer import evaluate
+    from .train.robust import robust_finetune
+    from .train.loop import evaluate
 
     data, model = _load_data_and_model(args)
     targets = {k: getattr(args, k) for k in ("degree", "bits", "alpha", "tolerance")}

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .convert.pipeline import convert
 from .data import Dataset
 from .nn.poly_act import OutOfRangeWarning, out_of_range_fraction, reset_range_counters
-from .trainer import accuracy, predict
+from .train.loop import accuracy, predict
 
 
 @dataclass

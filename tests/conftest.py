@@ -25,7 +25,8 @@ import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from polyact import data, models, trainer
+from polyact import data, models
+from polyact.train import loop as trainer
 
 pytest_plugins = ["rss_monitor", "isolation"]
 CACHE_VARIABLE = "POLYACT_TEST_CACHE"

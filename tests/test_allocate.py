@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from polyact.allocate import Candidates, greedy_allocate, layer_ct_ct_mults
+from polyact.train.allocate import Candidates, greedy_allocate, layer_ct_ct_mults
 from polyact.convert.pipeline import convert
-from polyact.trainer import evaluate
+from polyact.train.loop import evaluate
 
 
 def toy_accuracy(assignment):

@@ -93,7 +93,7 @@ def test_bring_your_own_model_end_to_end_through_the_command_line(digits, tmp_pa
     exec(TABNET, namespace)
     torch.manual_seed(0)
     net = namespace["TabNet"]()
-    from polyact.trainer import train_classifier
+    from polyact.train.loop import train_classifier
 
     train_classifier(net, digits, epochs=5, seed=0)
     torch.save(net.state_dict(), tmp_path / "net.pt")

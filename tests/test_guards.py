@@ -12,14 +12,14 @@ from scipy.special import erf
 from torch import nn
 
 import polyact
-import polyact.train
+import polyact.train.robust
 from polyact.cli import main
 from polyact.convert.pipeline import convert
 from polyact.data import Dataset
 from polyact.nn.poly_act import out_of_range_fraction, polyact_layers
 from polyact.tradeoff import measure, sweep
-from polyact.train import RobustResult, robust_finetune
-from polyact.trainer import predict
+from polyact.train.robust import RobustResult, robust_finetune
+from polyact.train.loop import predict
 
 TESTS = Path(__file__).parent
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from polyact import models, trainer
+from polyact import models
+from polyact.train import loop as trainer
 
 
 def test_quick_trainer_reaches_97_percent_with_the_digits_cnn(digits, digits_cnn):

@@ -5,7 +5,7 @@ import pytest
 
 from polyact.convert.pipeline import convert
 from polyact.tradeoff import sweep
-from polyact.trainer import evaluate, predict
+from polyact.train.loop import evaluate, predict
 
 
 @pytest.fixture(scope="module")

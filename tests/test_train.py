@@ -10,7 +10,7 @@ import polyact
 from polyact.convert.calibration import choose_interval
 from polyact.convert.pipeline import convert
 from polyact.nn.poly_act import PolyAct, polyact_layers
-from polyact.train import (
+from polyact.train.robust import (
     PerturbedActivation,
     RangePenalty,
     RobustConfig,
@@ -18,7 +18,7 @@ from polyact.train import (
     range_penalty,
     robust_finetune,
 )
-from polyact.trainer import evaluate, train_classifier
+from polyact.train.loop import evaluate, train_classifier
 
 
 def test_range_penalty_is_zero_inside_and_quadratic_outside():

@@ -12,7 +12,8 @@ from torch import nn
 
 import he_backend
 import polyact
-from polyact import models, trainer
+from polyact import models
+from polyact.train import loop as trainer
 from polyact.activations.registry import LEARNABLE, activation_name, get_activation
 from polyact.activations.learnable import PAU
 from polyact.activations.literature import LITERATURE, LSLU, RAF

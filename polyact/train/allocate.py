@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch import nn
 
-from .approx.schedule import plan_polynomial
-from .nn.poly_act import PolyAct, polyact_layers
+from ..approx.schedule import plan_polynomial
+from ..nn.poly_act import PolyAct, polyact_layers
 
 Assignment = dict[str, float]
 
@@ -144,7 +144,7 @@ def layer_ct_ct_mults(layer: PolyAct) -> int:
 def network_costs(pann: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
     """Depth (CKKS levels of the lowered graph) and the total ciphertext-ciphertext products
     of all activation layers of ``pann``."""
-    from .ir.lower import lower
+    from ..ir.lower import lower
 
     cts = {name: layer_ct_ct_mults(m) for name, m in polyact_layers(pann).items()}
     return {"depth": lower(pann, tuple(input_shape)).depth, "ct_ct_mults": int(np.sum(list(cts.values()))),

@@ -51,17 +51,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert.calibration import choose_interval
-from .approx.composite import PRODUCT_OF
-from .convert.pipeline import calibrate, convert
-from .data import Dataset
-from .nn.poly_act import polyact_layers
-from .convert.report import ConversionReport
-from .nn.sites import ActivationSlot
-from .convert.sites import install
-from .convert.call_sites import prepare_structure
-from .convert.storage import copy_metadata
-from .trainer import evaluate, train_classifier
+from ..convert.calibration import choose_interval
+from ..approx.composite import PRODUCT_OF
+from ..convert.pipeline import calibrate, convert
+from ..data import Dataset
+from ..nn.poly_act import polyact_layers
+from ..convert.report import ConversionReport
+from ..nn.sites import ActivationSlot
+from ..convert.sites import install
+from ..convert.call_sites import prepare_structure
+from ..convert.storage import copy_metadata
+from .loop import evaluate, train_classifier
 
 PERTURBATIONS = ("polynomial", "noise", "worst_case", None)
 PROGRESSIVE = ("layers", "degree", None)
@@ -209,7 +209,7 @@ class BandPerturbedActivation(nn.Module):
 
 
 class WorstCasePerturbation:
-    """The ``perturb`` step of :func:`polyact.trainer.train_classifier`: run the batch's loss
+    """The ``perturb`` step of :func:`polyact.train.loop.train_classifier`: run the batch's loss
     once with clean activations, then give every :class:`BandPerturbedActivation` the sign of
     ``dL/dy`` (per call, in call order), so the training pass maximises the first-order loss
     over the band."""

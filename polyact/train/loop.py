@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Dataset
-from .nn.poly_act import OutOfRangeWarning
+from ..data import Dataset
+from ..nn.poly_act import OutOfRangeWarning
 
 
 @dataclass
