@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import polyact
-from polyact.cli import main
+from polyact.cli.commands import main
 
 
 def test_fit_json_is_the_fitted_polynomial(capsys):

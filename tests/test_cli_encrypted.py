@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import he_backend
-from polyact.cli import main
+from polyact.cli.commands import main
 from polyact.convert.pipeline import convert
-from polyact.demo import DemoConfig, run_demo
+from polyact.cli.demo import DemoConfig, run_demo
 from polyact.convert.storage import save_pann
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)

@@ -13,7 +13,7 @@ from torch import nn
 
 import polyact
 import polyact.train.robust
-from polyact.cli import main
+from polyact.cli.commands import main
 from polyact.convert.pipeline import convert
 from polyact.data import Dataset
 from polyact.nn.poly_act import out_of_range_fraction, polyact_layers

@@ -91,7 +91,7 @@ def test_profile_refuses_negative_warmup(small_plan, digits):
 def test_cli_bench_profile_prints_the_plans_counts(tmp_path, digits, digits_mlp, small_plan, capsys):
     import json
 
-    from polyact.cli import main
+    from polyact.cli.commands import main
     from polyact.convert.storage import save_pann
 
     pann, _ = convert(digits_mlp, digits, degree=7)

@@ -432,7 +432,7 @@ def test_noise_flooding_adds_gaussian_noise_of_the_given_width(mlp_plan, mlp_pai
 # ---- the command line and the HTTP service --------------------------------------------------------
 @pytest.mark.slow
 def test_encrypt_run_drives_refresh_rounds(mlp, digits, tmp_path, capsys):
-    from polyact.cli import main
+    from polyact.cli.commands import main
     from polyact.convert.storage import save_pann
 
     path = tmp_path / "mlp.pann"

@@ -25,7 +25,7 @@ from he_backend.client import RemoteClient, ServiceError
 from he_backend.memory import evaluation_bytes, rss_bytes, session_bytes, upload_bytes
 from he_backend.serialization import MAGIC
 from he_backend.service import ServiceLimits, SessionTable, create_app
-from polyact.cli import main
+from polyact.cli.commands import main
 from polyact.convert.pipeline import convert
 from polyact.convert.storage import save_pann
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import polyact
-from polyact import cli
+from polyact.cli import commands as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "tenseal", "fastapi", "uvicorn", "matplotlib", "scipy", "sklearn", "he_backend")

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import torch
 
-from polyact.cli import main
+from polyact.cli.commands import main
 from polyact.convert.pipeline import convert
 from polyact.convert.storage import UntrustedFactory, load_model, load_pann, save_model, save_pann
 

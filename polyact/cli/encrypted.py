@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _load_pann_file(path: str, factory: str | None = None):
-    from .convert.storage import INPUT_SHAPE_ATTR, load_pann
+    from ..convert.storage import INPUT_SHAPE_ATTR, load_pann
 
     pann = load_pann(path, factory=factory).double().eval()
     shape = getattr(pann, INPUT_SHAPE_ATTR, None)
@@ -33,7 +33,7 @@ def _deployment(args: argparse.Namespace):
     PANN file; and the plaintext reference (the PANN, or the plan's float64 twin)."""
     from he_backend.bundle import ServerBundle, is_bundle, load_server_bundle
 
-    from .convert.storage import INPUT_RANGE_ATTR
+    from ..convert.storage import INPUT_RANGE_ATTR
 
     if is_bundle(args.pann):
         bundle = load_server_bundle(args.pann)
@@ -116,7 +116,7 @@ def add_compile(sub, command) -> None:
 def _run_compile(args: argparse.Namespace) -> int:
     from he_backend.bundle import save_bundles
 
-    from .convert.storage import INPUT_RANGE_ATTR
+    from ..convert.storage import INPUT_RANGE_ATTR
 
     pann, plan = _compile(args)
     print(json.dumps(plan.report()) if args.json else plan.table())
@@ -150,7 +150,7 @@ def _run_encrypt_run(args: argparse.Namespace) -> int:
     from he_backend.metrics import compare
     from he_backend.parallel import run_encrypted
 
-    from .data import load_dataset
+    from ..data import load_dataset
 
     bundle, reference = _deployment(args)
     plan = bundle.plan

@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from . import cli_encrypted
+from . import encrypted
 
 EXIT_USAGE = 2
 # polyact.approx.fitting.METHODS and some activation names, written out so that building the parser
@@ -61,7 +61,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 def _run_fit(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .approx.fitting import fit, fit_to_tolerance
+    from ..approx.fitting import fit, fit_to_tolerance
 
     if args.tolerance is not None:
         poly = fit_to_tolerance(args.activation, args.interval, args.tolerance, args.method)
@@ -72,7 +72,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     else:
         poly = fit(args.activation, args.interval, args.degree, args.method)
     if args.plot:
-        from .plots import plot_fit
+        from ..plots import plot_fit
 
         plot_fit(poly, args.activation, args.plot)
     if args.json:
@@ -124,10 +124,10 @@ def _is_torchscript(path: str) -> bool:
 def _load_data_and_model(args: argparse.Namespace):
     import torch
 
-    from .data import load_dataset
-    from .models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
-    from .convert.storage import file_format, load_model, load_pann
-    from .train.loop import evaluate, train_classifier
+    from ..data import load_dataset
+    from ..models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
+    from ..convert.storage import file_format, load_model, load_pann
+    from ..train.loop import evaluate, train_classifier
 
     data = load_dataset(args.dataset)
     if args.model in ARCHITECTURES:
@@ -189,9 +189,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .convert.pipeline import convert
-    from .convert.storage import save_pann
-    from .train.loop import evaluate
+    from ..convert.pipeline import convert
+    from ..convert.storage import save_pann
+    from ..train.loop import evaluate
 
     data, model = _load_data_and_model(args)
     pann, report = convert(model, data, method=args.method, degree=args.degree, tolerance=args.tolerance,
@@ -233,7 +233,7 @@ def _add_tradeoff(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tradeoff(args: argparse.Namespace) -> int:
-    from .tradeoff import sweep
+    from ..tradeoff import sweep
 
     data, model = _load_data_and_model(args)
     result = sweep(model, data, methods=args.methods, degrees=args.degrees, alphas=args.alphas,
@@ -242,7 +242,7 @@ def _run_tradeoff(args: argparse.Namespace) -> int:
         with open(args.csv, "w") as fh:
             fh.write(result.to_csv())
     if args.plot:
-        from .plots import plot_tradeoff
+        from ..plots import plot_tradeoff
 
         plot_tradeoff(result, args.plot, args.max_loss)
     if args.json:
@@ -294,10 +294,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .nn.poly_act import OutOfRangeWarning, out_of_range_fraction, polyact_layers
-    from .convert.storage import save_model, save_pann
-    from .train.robust import robust_finetune
-    from .train.loop import evaluate
+    from ..nn.poly_act import OutOfRangeWarning, out_of_range_fraction, polyact_layers
+    from ..convert.storage import save_model, save_pann
+    from ..train.robust import robust_finetune
+    from ..train.loop import evaluate
 
     data, model = _load_data_and_model(args)
     targets = {k: getattr(args, k) for k in ("degree", "bits", "alpha", "tolerance")}
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in COMMANDS:
         add(sub)
-    for add_encrypted in cli_encrypted.COMMANDS:
+    for add_encrypted in encrypted.COMMANDS:
         add_encrypted(sub, _command)
     return parser
 

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .convert.pipeline import convert
-from .data import digits
-from .models import build_model
-from .nn.poly_act import OutOfRangeWarning, polyact_layers
-from .plots import plot_fit, plot_latency, plot_tradeoff
-from .tradeoff import TradeoffRow, measure, sweep
-from .train.robust import RobustConfig, robust_finetune
-from .train.loop import predict, train_classifier
+from ..convert.pipeline import convert
+from ..data import digits
+from ..models import build_model
+from ..nn.poly_act import OutOfRangeWarning, polyact_layers
+from ..plots import plot_fit, plot_latency, plot_tradeoff
+from ..tradeoff import TradeoffRow, measure, sweep
+from ..train.robust import RobustConfig, robust_finetune
+from ..train.loop import predict, train_classifier
 
 
 @dataclass
