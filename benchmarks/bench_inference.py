@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 import he_backend
-from he_backend.metrics import compare
-from he_backend.params import CkksParams
+from he_backend.eval.metrics import compare
+from he_backend.eval.params import CkksParams
 from polyact import data, models
 from polyact.train import loop as trainer
 from polyact.activations.fixed import Square
@@ -65,7 +65,7 @@ def timed(fn, repeat: int):
 
 
 def accuracy_columns(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
-    """:func:`he_backend.metrics.compare` under this benchmark's column names."""
+    """:func:`he_backend.eval.metrics.compare` under this benchmark's column names."""
     c = compare(out, ref, y)
     return {"plain_accuracy": c["plaintext_accuracy"], "encrypted_accuracy": c["accuracy"],
             "agreement": c["agreement"], "precision_bits": c["precision_bits"]}

@@ -248,7 +248,7 @@ def _orion_ring(levels: int, scale_bits: int, max_logn: int) -> tuple[int, int]:
     the smallest ring up to 2^max_logn that holds ``levels`` primes of polyact's scale, else
     2^max_logn with the largest scale that fits (Orion packs dense (slots x slots) matrices, so
     2^15 needs more than 8 GB on its side)."""
-    from he_backend.params import MAX_LOG_Q
+    from he_backend.eval.params import MAX_LOG_Q
 
     fixed = ORION_BASE_BITS + ORION_SPECIAL_BITS
     for n in sorted(MAX_LOG_Q):
@@ -287,7 +287,7 @@ def main() -> None:
 
     import torch
 
-    from he_backend.metrics import compare
+    from he_backend.eval.metrics import compare
     from polyact import data
 
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ import time
 import torch
 
 import he_backend
-from he_backend.metrics import compare
+from he_backend.eval.metrics import compare
 from polyact import data, models
 from polyact.train import loop as trainer
 from polyact.convert.pipeline import convert

@@ -88,7 +88,7 @@ def structured_compile(pann: nn.Module) -> dict:
     compiler._prepare_affine(steps, int(np.prod(SHAPE)), 16384)
     affine = [s for s in steps if isinstance(s, compiler.AffineStep) and not s.identity]
     weight_bytes = sum(w.data.nbytes + w.indices.nbytes + w.indptr.nbytes for s in affine for w in s.weights)
-    from he_backend.lowering import best_baby, choose_keys
+    from he_backend.lowering.key_choice import best_baby, choose_keys
 
     keys = choose_keys([s.shape for s in affine], 16384, max_keys=compiler.MAX_ROTATION_KEYS)
     babies = [1] + [abs(k) for k in keys.steps if abs(k) > 1]
@@ -131,7 +131,7 @@ def stage_serve(args) -> dict:
     ``--folder``, then answers length-prefixed messages on stdin/stdout: the batch
     (``server.start``), then each refresh reply (``server.resume``), until it sends results."""
     import he_backend
-    from he_backend.layers import PlaintextCache
+    from he_backend.eval.runner import PlaintextCache
     from he_backend.refresh import REQUEST_KIND, message_kind
 
     folder = Path(args.folder)
@@ -159,7 +159,7 @@ def run_encrypted(folder: Path, layout, x: np.ndarray, ref: np.ndarray) -> dict:
     with the PANN's outputs ``ref``. Latency: encryption to decryption (rounds included), after
     the server has loaded the plan."""
     import he_backend
-    from he_backend.metrics import compare
+    from he_backend.eval.metrics import compare
     from he_backend.refresh import drive
 
     client = he_backend.Client(layout)
@@ -202,7 +202,7 @@ def _images(count: int) -> np.ndarray:
 
 def stage_encrypted(args) -> dict:
     import he_backend
-    from he_backend.params import params_for
+    from he_backend.eval.params import params_for
 
     start = time.perf_counter()
     pann, report = convert_arm(truncated(resnet20(), args.blocks), "degree2", args.calib, args.alpha)

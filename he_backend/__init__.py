@@ -9,7 +9,7 @@ from .bundle import ClientBundle, ServerBundle, load_client_bundle, load_server_
 from .client import Client, InputRangeWarning
 from .compile import Plan, PlanLayout, compile
 from .keys import SecretKeyRefused
-from .params import CkksParams, ParameterError, choose_params
+from .eval.params import CkksParams, ParameterError, choose_params
 from .refresh import CostModel, MaskPolicy, Rounds, run_interactive
 from .serialization import PayloadError
 from .server import RefreshRequired, Server

@@ -19,7 +19,7 @@ from typing import Any
 from .client import Client
 from .compile import Plan, PlanLayout
 from .keys import KeyHolder
-from .layers import PlaintextCache
+from .eval.runner import PlaintextCache
 from .serialization import MAGIC, PayloadError, pack, unpack
 from .server import Server
 

@@ -7,7 +7,7 @@ activations, batch normalisation), folds the interval maps between composite sta
 stage coefficients, places every tensor in the slots (:mod:`he_backend.lowering`: flat or
 strided layouts, several ciphertexts per tensor when it does not fit one), chooses CKKS
 parameters for the network's depth, chooses the Galois keys and each affine map's rotation
-schedule (with sample packing, each map's output period: :mod:`he_backend.lowering.cyclic`),
+schedule (with sample packing, each map's output period: :mod:`he_backend.eval.cyclic`),
 assigns every step its exact output level and scale, and counts the operations, all
 before anything is encrypted. Weights stay sparse throughout.
 
@@ -19,7 +19,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,13 +29,17 @@ from polyact.ir.graph import INPUT, AffineNode, PolyGraph, PolyNode, is_identity
 from polyact.ir.lower import lower
 from polyact.approx.polynomials import ChebPoly, CompositePoly
 
-from .ckks import Engine
-from .layers import AffineStep, PolyStep, ciphertext_count
-from .lowering import KeySet, Layout, best_baby, choose_keys, choose_layout, count_diagonals, row_aligned_input
-from .lowering.cyclic import periodic
-from .params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth, params_for
+from .eval.ckks import Engine
+from .eval.steps import AffineStep, PolyStep, ciphertext_count
+from .eval.steps import prepare_steps
+from .eval.rotations import KeySet
+from .lowering.layout import Layout, choose_layout, count_diagonals, row_aligned_input
+from .lowering.key_choice import best_baby, choose_keys
+from .eval.cyclic import periodic
+from .eval.params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth, params_for
 from .refresh import CostModel, Cut, MaskPolicy, leakage_bound, refresh_bytes, refresh_precision_bits
-from .segments import place_cuts, poly_values, reset_names, step_levels, value_bounds
+from .segments import place_cuts, reset_names, step_levels, value_bounds
+from .eval.steps import poly_values
 from .serialization import PayloadError, pack, unpack
 
 PLAN_KIND = "plan"
@@ -143,7 +147,7 @@ class PlanLayout:
     def input_period(self) -> int:
         """With sample packing and the input in one ciphertext, the client repeats the packed
         input every ``input_period`` slots (the power of two at or above its size), which
-        periodic maps read with fewer fold rotations (:mod:`he_backend.lowering.cyclic`); 0
+        periodic maps read with fewer fold rotations (:mod:`he_backend.eval.cyclic`); 0
         otherwise."""
         return input_period(self.packing, self.input_slots, self.block)
 
@@ -425,7 +429,7 @@ class Plan:
 
     def prepare(self) -> None:
         layout = self.layout()
-        _prepare_affine(self.steps, layout.input_slots, self.block, self.params.slots, layout.input_period)
+        prepare_steps(self.steps, layout.input_slots, self.block, self.params.slots, layout.input_period)
         for s in self.steps:
             if isinstance(s, PolyStep):
                 s.prepare(self.params.scale_bits)
@@ -489,7 +493,7 @@ def _build_steps(graph: PolyGraph) -> list[AffineStep | PolyStep]:
 
 
 def _assign_layouts(steps: list[AffineStep | PolyStep], graph: PolyGraph) -> list[str]:
-    """Slot positions of every value (:func:`he_backend.lowering.choose_layout`: the fewest
+    """Slot positions of every value (:func:`he_backend.lowering.layout.choose_layout`: the fewest
     diagonals); the input and the network's output are flat, as the client packs and reads
     them. Returns notes on the non-flat layouts chosen, with the diagonal counts measured."""
     layouts = {INPUT: Layout.flat(graph.input_shape)}
@@ -517,25 +521,6 @@ def _assign_layouts(steps: list[AffineStep | PolyStep], graph: PolyGraph) -> lis
     return notes
 
 
-def _prepare_affine(steps: list[AffineStep | PolyStep], input_length: int, block: int, slots: int,
-                    input_period: int, choose: Callable[[AffineStep], None] | None = None) -> None:
-    """Source positions and periods and tile diagonal offsets of every affine step (after
-    ``choose`` set its period, when given), and the period of every polynomial's input."""
-    positions = {INPUT: np.arange(input_length, dtype=np.int64)}
-    periods = {INPUT: input_period}
-    for s in steps:
-        if isinstance(s, AffineStep):
-            s.source_positions = [positions[x] for x in s.sources]
-            s.source_periods = [periods[x] or slots for x in s.sources]
-            if choose is not None and not s.identity:
-                choose(s)
-            s.prepare(block)
-            periods[s.name] = s.period if not s.identity else periods[s.sources[0]]
-        else:
-            s.period = periods[s.name] = periods[s.source]
-        positions[s.name] = s.positions
-
-
 def _power_keys(slots: int) -> KeySet:
     """A key for every power of two and its negative: the key set :func:`_cheapest_period`
     costs with (built once per plan; its search covers all ``slots``)."""
@@ -545,7 +530,7 @@ def _power_keys(slots: int) -> KeySet:
 
 def _cheapest_period(step: AffineStep, block: int, keys: KeySet) -> None:
     """Set ``step.period`` to the tiled diagonal method (0) or the output period ``M`` of a
-    periodic map (:mod:`he_backend.lowering.cyclic`) that costs least for its sources' periods:
+    periodic map (:mod:`he_backend.eval.cyclic`) that costs least for its sources' periods:
     ``ROTATION_COST`` products per key switch, with the keys of :func:`_power_keys`."""
     powers = [s for s in keys.steps if s > 0]
     smallest = 1 << int(step.positions.max()).bit_length() if step.positions.size else 1
@@ -560,7 +545,7 @@ def _cheapest_period(step: AffineStep, block: int, keys: KeySet) -> None:
 def _replicate_input(steps: list[AffineStep | PolyStep], packing: str, slots: int) -> np.ndarray | None:
     """With sample packing, when the input's only reader is one affine map, the client packs
     the input replicated so that this map has fewer diagonals
-    (:func:`he_backend.lowering.row_aligned_input`); the map's weights are rewritten on those
+    (:func:`he_backend.lowering.layout.row_aligned_input`); the map's weights are rewritten on those
     slots. ``None`` when that does not fit in the slots or saves nothing."""
     readers = [s for s in steps if INPUT in (s.sources if isinstance(s, AffineStep) else [s.source])]
     if packing != "sample" or len(readers) != 1 or not isinstance(readers[0], AffineStep):
@@ -586,7 +571,7 @@ def check_gather(gather: np.ndarray, input_length: int, slots: int) -> None:
 
 def _choose_rotations(steps: list[AffineStep | PolyStep], graph: PolyGraph, params: CkksParams,
                       key_memory: int) -> tuple[int, ...]:
-    """Galois key steps for the plan (:func:`he_backend.lowering.choose_keys`, as many as
+    """Galois key steps for the plan (:func:`he_backend.lowering.key_choice.choose_keys`, as many as
     ``key_memory`` bytes hold, at least 2) and every affine step's cheapest giant step with them."""
     affine = [s for s in steps if isinstance(s, AffineStep) and not s.identity]
     sizes = {int(np.prod(n.shape[i:])) for n in graph.nodes.values() if getattr(n, "shape", None)
@@ -720,7 +705,7 @@ def compile(
     input_slots = int(np.prod(input_shape)) if gather is None else gather.size
     budget = params.depth if max_levels is None else min(params.depth, max_levels)
     periodic_maps = packing == "sample" and longest <= params.slots
-    _prepare_affine(steps, input_slots, block, params.slots, input_period(packing, input_slots, block),
+    prepare_steps(steps, input_slots, block, params.slots, input_period(packing, input_slots, block),
                     partial(_cheapest_period, block=block, keys=_power_keys(params.slots)) if periodic_maps else None)
     if any(s.source_positions and ciphertext_count(s.positions, block) > 1 for s in steps if isinstance(s, AffineStep)):
         notes.append(f"tensors up to {longest} values span up to {-(-longest // block)} ciphertexts of {block} slots")

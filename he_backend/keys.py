@@ -21,8 +21,8 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
 
-from .ckks import Engine
-from .params import CkksParams
+from .eval.ckks import Engine
+from .eval.params import CkksParams
 from .serialization import PayloadError, load_parameters, pack, seal_from_bytes, seal_to_bytes, unpack
 
 PUBLIC_KIND = "public context"
@@ -81,7 +81,7 @@ class KeyHolder:
         public = load_public_context(self._public)
         if public.params != params:
             raise PayloadError(f"the stored public context is for {public.params}, the secret key for {params}")
-        self.engine.load_keys(public.relin_keys, public.galois_keys, public.rotations)
+        install_keys(self.engine, public)
 
     def public_context(self) -> bytes:
         """Parameters, relinearisation keys and Galois keys; never the secret key. Always the
@@ -155,6 +155,14 @@ def load_public_context(data: bytes) -> PublicContext:
     params = _params_of(load_parameters(sections[0]), int(header["scale_bits"]))
     return PublicContext(params, sections[1], sections[2] if len(sections) == 3 else None,
                          list(header.get("rotations", [])))
+
+
+def install_keys(engine: Engine, public: PublicContext) -> None:
+    """Load ``public``'s evaluation keys into ``engine`` (validated against its context)."""
+    galois = public.galois_keys
+    engine.load_keys(seal_from_bytes(sa.RelinKeys, public.relin_keys, engine.context, "relinearisation keys"),
+                     None if galois is None else seal_from_bytes(sa.GaloisKeys, galois, engine.context, "Galois keys"),
+                     public.rotations)
 
 
 def _refuse_tenseal_secret(data: bytes) -> None:

@@ -1,6 +1,6 @@
 """Where a plan's server time goes: seconds and calls per step and per CKKS primitive.
 
-:func:`profile` swaps the :class:`~he_backend.ckks.Engine`'s SEAL evaluator and encoder for
+:func:`profile` swaps the :class:`~he_backend.eval.ckks.Engine`'s SEAL evaluator and encoder for
 proxies that count and time every call, runs the plan's steps on one ciphertext and puts the
 originals back. Primitives are SEAL's calls: ``rotate`` (``rotate_vector``, a key switch),
 ``pt_mul`` (``multiply_plain``), ``ct_ct_mul`` (``multiply``/``square``), ``relin``, ``rescale``,
@@ -17,7 +17,12 @@ from typing import Any, Iterator
 import numpy as np
 import tenseal.sealapi as sa
 
-from .layers import AffineStep
+from polyact.approx.schedule import plan_polynomial
+
+from .keys import KeyHolder
+from .eval.steps import AffineStep
+from .eval.params import choose_params
+from .eval.polyeval import PolyEvaluator
 
 PRIMITIVES = {
     "rotate_vector": "rotate", "multiply_plain": "pt_mul", "multiply": "ct_ct_mul", "square": "ct_ct_mul",
@@ -129,3 +134,23 @@ def profile(plan, x: np.ndarray, *, warmup: int = 1) -> Profile:
                              "calls": dict(calls), "primitive_seconds": dict(seconds)})
     result.total_seconds = time.perf_counter() - start_all
     return result
+
+
+def time_polynomial(degree: int, scale_bits: int = 40, *, min_n: int = 8192, repeat: int = 3) -> dict:
+    """Median seconds to evaluate a dense degree-``degree`` series on one full ciphertext with
+    the smallest secure ring (at least ``min_n``) that fits its depth; also levels and products."""
+    import statistics
+    import time
+
+
+    plan = plan_polynomial(np.random.default_rng(degree).normal(size=degree + 1), scale_bits=scale_bits)
+    params = choose_params(plan.depth, min_scale_bits=scale_bits, max_scale_bits=scale_bits, min_n=min_n)
+    keys = KeyHolder(params)
+    ct = keys.encrypt(np.random.default_rng(0).uniform(-1, 1, keys.engine.slots))
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        PolyEvaluator(keys.engine).evaluate(plan, ct)
+        times.append(time.perf_counter() - start)
+    return {"degree": degree, "depth": plan.depth, "ct_ct_mults": plan.ct_ct_mults,
+            "N": params.poly_modulus_degree, "seconds": statistics.median(times)}

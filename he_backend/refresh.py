@@ -53,8 +53,8 @@ from typing import Callable
 import numpy as np
 import tenseal.sealapi as sa
 
-from .ckks import Engine
-from .params import CkksParams
+from .eval.ckks import Engine
+from .eval.params import CkksParams
 from .serialization import PayloadError, unpack
 
 REQUEST_KIND = "refresh request"
@@ -230,7 +230,7 @@ def mask(engine: Engine, ct: sa.Ciphertext, bound: float, sigma: int, level: int
     """``ct`` at ``level`` plus a fresh uniform mask of width ``2^sigma bound`` on the real and
     imaginary part of every slot; returns the masked ciphertext and the real part of the mask
     (what the server subtracts after the client re-encrypted the real parts). Every slot gets
-    its own mask, copies of a periodic value (:mod:`he_backend.lowering.cyclic`) included: they
+    its own mask, copies of a periodic value (:mod:`he_backend.eval.cyclic`) included: they
     carry different CKKS noise, and one mask shared by the copies would show the client the
     differences of that noise, unmasked."""
     width = 2.0**sigma * bound

@@ -12,12 +12,12 @@ import math
 from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
-from numpy.polynomial import chebyshev as C
 
 from polyact.ir.graph import INPUT
 
-from .layers import AffineStep, PolyStep
-from .params import CkksParams
+from .eval.steps import AffineStep, PolyStep
+from .eval.steps import poly_values
+from .eval.params import CkksParams
 from .refresh import CostModel, Cut, MaskPolicy, mask_level, shortest_cuts
 
 Step = AffineStep | PolyStep
@@ -26,17 +26,6 @@ GRID = 257  # points of [-1, 1] on which polynomial outputs are bounded
 
 def sources_of(step: Step) -> list[str]:
     return list(step.sources) if isinstance(step, AffineStep) else [step.source]
-
-
-def poly_values(step: PolyStep, t: np.ndarray) -> np.ndarray:
-    """A polynomial step on plaintext inputs ``t`` of shape ``(n, length)`` (float64)."""
-    if step.kind == "square":
-        return t * t
-    v = t
-    for coef in step.stages:
-        v = C.chebval(v, coef) if coef.ndim == 1 else np.stack(
-            [C.chebval(v[:, j], coef[:, j]) for j in range(v.shape[1])], axis=1)
-    return v * t if step.product else v
 
 
 def step_levels(steps: Sequence[Step], top: int, entry: Collection[str], start: int = 0, stop: int | None = None,

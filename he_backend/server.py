@@ -16,11 +16,12 @@ import tenseal.sealapi as sa
 
 from polyact.ir.graph import INPUT
 
-from .ckks import Engine
+from .eval.ckks import Engine
 from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
 from .compile import Plan
-from .keys import key_fingerprint, load_public_context
-from .layers import AffineStep, PlaintextCache, Runner, Values
+from .keys import install_keys, key_fingerprint, load_public_context
+from .eval.steps import AffineStep
+from .eval.runner import PlaintextCache, Runner, Values
 from .refresh import REPLY_KIND, REQUEST_KIND, check_count, flood, mask, new_token, unmask
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
 from .workers import Partner
@@ -47,7 +48,7 @@ class _Job:
 class Server:
     """Holds a :class:`Plan` and a public context (refused if it contains a secret key);
     :meth:`run` maps the client's ciphertext bytes to result bytes. Servers of one plan may
-    share a :class:`~he_backend.layers.PlaintextCache` (encoded weights). ``workers=2`` shares
+    share a :class:`~he_backend.eval.runner.PlaintextCache` (encoded weights). ``workers=2`` shares
     each request with a partner process (:mod:`he_backend.workers`: half of the inputs of a
     request of several, else half of every affine map): two cores, the same bytes out;
     :meth:`close` stops it."""
@@ -66,7 +67,7 @@ class Server:
         self.plan = plan
         self.fingerprint = key_fingerprint(public_context)
         self.engine = Engine(plan.params)
-        self.engine.load_keys(public.relin_keys, public.galois_keys, public.rotations)
+        install_keys(self.engine, public)
         if flood_std < 0:
             raise ValueError(f"flood_std must be >= 0, got {flood_std}")
         if workers not in (1, 2):

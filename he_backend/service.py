@@ -44,7 +44,7 @@ from .auth import Tokens
 from .bundle import ServerBundle
 from .compile import Plan
 from .keys import SecretKeyRefused
-from .layers import PlaintextCache
+from .eval.runner import PlaintextCache
 from .memory import evaluation_bytes, release_memory, rss_bytes, session_bytes, upload_bytes
 from .refresh import message_kind
 from .serialization import PayloadError

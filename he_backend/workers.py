@@ -8,7 +8,7 @@ copy of the plan and of the *public* context. It shares a request in one of two 
   of the inputs (:meth:`Partner.start_segment`) while the server runs the first half;
 * one input: for each affine step with several giant-step runs the server sends the step's
   input ciphertexts; the partner computes the sums of the runs ``1..`` while the server computes
-  run 0 (:meth:`~he_backend.layers.Runner.partial`), and the server adds the two. Both make
+  run 0 (:meth:`~he_backend.eval.runner.Runner.partial`), and the server adds the two. Both make
   every baby rotation.
 
 Either way the result is byte for byte that of one process.
@@ -24,8 +24,9 @@ from multiprocessing.connection import Connection
 
 import tenseal.sealapi as sa
 
-from .layers import AffineStep, Values
-from .lowering.rotations import GIANT_RUNS
+from .eval.steps import AffineStep
+from .eval.runner import Values
+from .eval.rotations import GIANT_RUNS
 from .serialization import pack, seal_from_bytes, seal_to_bytes, unpack
 
 REQUEST_KIND = "partner request"

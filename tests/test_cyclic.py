@@ -1,10 +1,10 @@
-"""Periodic affine maps (he_backend.lowering.cyclic): diagonals modulo the input period and a
+"""Periodic affine maps (he_backend.eval.cyclic): diagonals modulo the input period and a
 fold, checked slot by slot against ``W @ x`` with numpy rolls standing in for rotations."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from he_backend.lowering.cyclic import cyclic_diagonals, cyclic_offsets, fold_steps, fold_width, periodic
+from he_backend.eval.cyclic import cyclic_diagonals, cyclic_offsets, fold_steps, fold_width, periodic
 
 SLOTS = 256
 

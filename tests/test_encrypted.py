@@ -9,8 +9,8 @@ import tenseal.sealapi as sa
 import torch
 
 import he_backend
-from he_backend.layers import PlaintextCache
-from he_backend.params import MAX_LOG_Q, CkksParams
+from he_backend.eval.runner import PlaintextCache
+from he_backend.eval.params import MAX_LOG_Q, CkksParams
 from polyact.convert.pipeline import convert
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
@@ -46,7 +46,7 @@ def mlp_pair(mlp_plan):
 
 
 def test_compare_reports_accuracy_agreement_and_bits():
-    from he_backend.metrics import compare
+    from he_backend.eval.metrics import compare
 
     ref = np.array([[1.0, 4.0], [3.0, -2.0], [0.5, 0.0]])
     out = ref + np.array([[0.0, 0.0], [0.0, 0.0], [-1.0, 4.0 / 1024]])  # the last prediction flips

@@ -192,14 +192,14 @@ HE_STANDARD_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 
 
 
 def test_security_table_is_the_standard():
-    from he_backend.params import MAX_LOG_Q
+    from he_backend.eval.params import MAX_LOG_Q
 
     assert MAX_LOG_Q == HE_STANDARD_128
 
 
 @pytest.mark.parametrize("n", sorted(HE_STANDARD_128))
 def test_chains_over_the_bound_are_refused(n):
-    from he_backend.params import CkksParams, ParameterError
+    from he_backend.eval.params import CkksParams, ParameterError
 
     def chain(total):  # primes of 17..60 bits summing to total
         count = max(2, -(-total // 60))
@@ -212,7 +212,7 @@ def test_chains_over_the_bound_are_refused(n):
 
 
 def test_automatic_parameters_never_exceed_the_bound():
-    from he_backend.params import ParameterError, choose_params
+    from he_backend.eval.params import ParameterError, choose_params
 
     checked = 0
     for min_scale in (20, 25, 30, 40):

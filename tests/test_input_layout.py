@@ -1,11 +1,11 @@
-"""The replicated input layout the client packs for the first map (he_backend.lowering.row_aligned_input)."""
+"""The replicated input layout the client packs for the first map (he_backend.lowering.layout.row_aligned_input)."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 import he_backend
 from he_backend.compile import PlanLayout
-from he_backend.lowering import count_diagonals, row_aligned_input
+from he_backend.lowering.layout import count_diagonals, row_aligned_input
 from he_backend.serialization import PayloadError, pack, unpack
 from polyact.ir.linear_maps import conv_matrix
 
@@ -43,7 +43,7 @@ def test_sample_plans_pack_the_input_replicated_and_batch_plans_flat(digits, dig
     first = {p: next(r for r in plan.counts() if r["kind"] == "affine") for p, plan in (("s", sample), ("b", batch))}
     # 3x3 kernel, one input channel: the 9 taps of each output lie 1 period M apart, so one
     # product and a fold of log2(slots / M) rotations (the batch plan: a diagonal per offset)
-    step = next(s for s in sample.steps if isinstance(s, he_backend.layers.AffineStep))
+    step = next(s for s in sample.steps if isinstance(s, he_backend.eval.steps.AffineStep))
     assert first["s"]["pt_mults"] == 1 and 9 < first["b"]["pt_mults"]
     assert len(step.folds) == int(np.log2(sample.params.slots // step.period)) and step.period <= 1024
     x = digits.x_test[:3].double().numpy()

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from he_backend.lowering import Layout, count_diagonals, tile_diagonals
+from he_backend.lowering.layout import Layout, count_diagonals
+from he_backend.eval.diagonals import tile_diagonals
 from polyact.ir.graph import LoweringError
 from polyact.ir.lower import lower
 from polyact.ir.linear_maps import DENSE_PROBE_INPUTS, conv_matrix
@@ -174,7 +175,7 @@ def test_resnet20_at_cifar_shape_lowers_in_bounded_memory():
 @pytest.mark.slow
 def test_tensor_spanning_two_ciphertexts_runs_encrypted():
     import he_backend
-    from he_backend.params import params_for
+    from he_backend.eval.params import params_for
     from polyact.convert.pipeline import convert
 
     torch.manual_seed(5)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from he_backend.params import MAX_LOG_Q
+from he_backend.eval.params import MAX_LOG_Q
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peers.py"
 spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)

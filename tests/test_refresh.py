@@ -13,7 +13,7 @@ import tenseal.sealapi as sa
 import torch
 
 import he_backend
-from he_backend.params import MAX_LOG_Q, max_depth, params_for
+from he_backend.eval.params import MAX_LOG_Q, max_depth, params_for
 from he_backend.keys import KeyHolder
 from he_backend.refresh import (REPLY_KIND, REQUEST_KIND, CostModel, MaskPolicy, mask, mask_level, shortest_cuts, unmask)
 from he_backend.serialization import pack, seal_from_bytes, unpack

@@ -10,7 +10,7 @@ Clenshaw's recurrence, for numpy arrays and for torch tensors (differentiable in
 the coefficients).
 
 Under CKKS a degree-d polynomial costs ``ceil(log2(d + 1))`` multiplicative levels (its
-``depth``), the lower bound met by the evaluator in :mod:`he_backend.polyeval`.
+``depth``), the lower bound met by the evaluator in :mod:`he_backend.eval.polyeval`.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ whole evaluation consumes exactly ``ceil(log2(d + 1))`` levels, the lower bound,
 close to the Paterson-Stockmeyer number of ciphertext products. The baby-step size ``k`` is
 chosen to minimise those products.
 
-The schedule is what the CKKS executor (:mod:`he_backend.polyeval`) runs; the twin
+The schedule is what the CKKS executor (:mod:`he_backend.eval.polyeval`) runs; the twin
 (:func:`evaluate_twin`) runs the same tree in numpy, with levels and an estimate of the CKKS
 error. Both read the plan made here, so the depth and product counts reported before encryption
 are the ones encryption spends.

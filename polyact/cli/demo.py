@@ -93,7 +93,7 @@ def _robust_rows(model, data, degrees: Sequence[int], cfg: DemoConfig) -> tuple[
 
 def _encrypted_run(pann, data, samples: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any], Any]:
     import he_backend
-    from he_backend.metrics import compare
+    from he_backend.eval.metrics import compare
 
     plan = he_backend.compile(pann.double(), data.input_shape, "batch")
     client = plan.client()
@@ -126,7 +126,7 @@ def _encrypted_run(pann, data, samples: int, progress: bool) -> tuple[dict[str, 
 
 def _latency_vs_degree(plan, degrees: Sequence[int]) -> list[dict[str, Any]]:
     """Seconds to evaluate a degree-d polynomial on one full ciphertext at the plan's ring and scale."""
-    from he_backend.polyeval import time_polynomial
+    from he_backend.profile import time_polynomial
 
     p = plan.params
     return [time_polynomial(d, p.scale_bits, min_n=p.poly_modulus_degree) for d in degrees]

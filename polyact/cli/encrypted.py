@@ -147,7 +147,7 @@ def add_encrypt_run(sub, command) -> None:
 
 
 def _run_encrypt_run(args: argparse.Namespace) -> int:
-    from he_backend.metrics import compare
+    from he_backend.eval.metrics import compare
     from he_backend.parallel import run_encrypted
 
     from ..data import load_dataset
@@ -250,7 +250,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from he_backend.polyeval import time_polynomial
+    from he_backend.profile import time_polynomial
 
     if args.profile:
         return _run_profile(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tenseal.sealapi as sa
 
-from polyact.approx.schedule import Leaf, Node, PolyPlan, plan_polynomial, recurrence
+from polyact.approx.schedule import Leaf, Node, PolyPlan, recurrence
 
 from .ckks import Engine
 
@@ -93,25 +93,3 @@ class PolyEvaluator:
         if isinstance(low, sa.Ciphertext):
             return e.add(result, low)
         return e.add_plain(result, low)  # a constant low part (never zero: pruned when planning)
-
-
-def time_polynomial(degree: int, scale_bits: int = 40, *, min_n: int = 8192, repeat: int = 3) -> dict:
-    """Median seconds to evaluate a dense degree-``degree`` series on one full ciphertext with
-    the smallest secure ring (at least ``min_n``) that fits its depth; also levels and products."""
-    import statistics
-    import time
-
-    from .keys import KeyHolder
-    from .params import choose_params
-
-    plan = plan_polynomial(np.random.default_rng(degree).normal(size=degree + 1), scale_bits=scale_bits)
-    params = choose_params(plan.depth, min_scale_bits=scale_bits, max_scale_bits=scale_bits, min_n=min_n)
-    keys = KeyHolder(params)
-    ct = keys.encrypt(np.random.default_rng(0).uniform(-1, 1, keys.engine.slots))
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        PolyEvaluator(keys.engine).evaluate(plan, ct)
-        times.append(time.perf_counter() - start)
-    return {"degree": degree, "depth": plan.depth, "ct_ct_mults": plan.ct_ct_mults,
-            "N": params.poly_modulus_degree, "seconds": statistics.median(times)}

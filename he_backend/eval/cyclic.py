@@ -23,7 +23,7 @@ result can be decrypted or passed to a polynomial as it is.
 The choice of ``M`` trades diagonals for fold rotations: a dense ``m x n`` map read from a
 period-``n`` input has ``n`` diagonals with ``M = n`` and ``M' = 2^ceil(log2 m)`` diagonals and
 ``log2(n / M')`` fold rotations with ``M'`` (the "hybrid" diagonal method); a map read from a
-row-aligned replicated input (:func:`he_backend.lowering.row_aligned_input`) is one product and
+row-aligned replicated input (:func:`he_backend.lowering.layout.row_aligned_input`) is one product and
 a fold.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Sequence, Union
 import numpy as np
 import tenseal.sealapi as sa
 
-from .lowering.rotations import KeySet
+from .rotations import KeySet
 from .params import CkksParams, ParameterError
 
 Values = Union[float, np.ndarray]
@@ -54,13 +54,11 @@ class Engine:
         self.keys = KeySet((), self.slots)  # the steps galois_keys holds
         self.counts: Counter = Counter()
 
-    def load_keys(self, relin: bytes, galois: bytes | None, rotations: Sequence[int] = ()) -> None:
-        """Install serialised evaluation keys (validated against this context); ``galois``
-        holds the keys of the rotation steps ``rotations``."""
-        from .serialization import seal_from_bytes
-
-        self.relin_keys = seal_from_bytes(sa.RelinKeys, relin, self.context, "relinearisation keys")
-        self.galois_keys = None if galois is None else seal_from_bytes(sa.GaloisKeys, galois, self.context, "Galois keys")
+    def load_keys(self, relin: sa.RelinKeys, galois: sa.GaloisKeys | None, rotations: Sequence[int] = ()) -> None:
+        """Install evaluation keys made for this context; ``galois`` holds the keys of the
+        rotation steps ``rotations``."""
+        self.relin_keys = relin
+        self.galois_keys = galois
         self.keys = KeySet(tuple(rotations) if galois is not None else (), self.slots)
 
     def _count(self, name: str) -> None:
