@@ -10,7 +10,7 @@ stdin/stdout (no pickle). Requests are interleaved (polyact, Orion, polyact, ...
 time per sample and its range, the per-request ratio polyact / Orion (median and range),
 precision in bits of each side against the exact-GELU torch network, levels used, request sizes
 and compile times. ``--polyact-workers 2`` adds the arm ``polyact_2p``: the same polyact server
-sharing every request with a partner process (:mod:`he_backend.workers`, two cores), reported
+sharing every request with a partner process (:mod:`he_backend.protocol.workers`, two cores), reported
 as the ratio polyact (one process) / polyact_2p; with ``--request-images K`` also the arms
 ``polyact_reqK`` and ``polyact_2p_reqK``: one request of ``K`` images (time per image), in one
 process and shared with the partner (which then runs half of the images), and their ratio.

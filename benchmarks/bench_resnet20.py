@@ -132,7 +132,7 @@ def stage_serve(args) -> dict:
     (``server.start``), then each refresh reply (``server.resume``), until it sends results."""
     import he_backend
     from he_backend.eval.runner import PlaintextCache
-    from he_backend.refresh import REQUEST_KIND, message_kind
+    from he_backend.protocol.refresh import REQUEST_KIND, message_kind
 
     folder = Path(args.folder)
     start = time.perf_counter()
@@ -160,7 +160,7 @@ def run_encrypted(folder: Path, layout, x: np.ndarray, ref: np.ndarray) -> dict:
     the server has loaded the plan."""
     import he_backend
     from he_backend.eval.metrics import compare
-    from he_backend.refresh import drive
+    from he_backend.protocol.refresh import drive
 
     client = he_backend.Client(layout)
     rounds = he_backend.Rounds()

@@ -2,13 +2,13 @@
 concurrent clients, and its resident memory per session and after session churn.
 
 Trains and converts the digits MLP (or --model cnn), starts ``polyact serve`` in its own
-process on loopback, and drives it with ``he_backend.client.RemoteClient`` from threads: each
+process on loopback, and drives it with ``he_backend.service.remote.RemoteClient`` from threads: each
 client has its own keys and session and sends --requests single-image requests (encrypt,
 post, decrypt are all inside the measured latency) to a warm server.
 
 The memory row reads the server's own RSS (``GET /health``): after warm-up, with --sessions
 sessions open (per session: the difference divided by their number, next to the estimate
-``he_backend.memory.session_bytes`` the budget uses), after deleting them, and after --churn
+``he_backend.service.memory.session_bytes`` the budget uses), after deleting them, and after --churn
 create/infer/delete cycles.
 
 Usage: python benchmarks/bench_service.py [--model mlp] [--concurrency 1 4 8] [--requests 5] [--sessions 8] [--churn 50]
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 import he_backend
-from he_backend.client import RemoteClient
-from he_backend.memory import session_bytes
+from he_backend.service.remote import RemoteClient
+from he_backend.service.memory import session_bytes
 from polyact import data, models
 from polyact.train import loop as trainer
 from polyact.convert.pipeline import convert

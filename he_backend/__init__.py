@@ -3,16 +3,18 @@
 ``compile(pann, input_shape)`` builds a :class:`Plan`; ``plan.client()`` holds the secret key;
 ``Server.from_bytes(plan.to_bytes(), client.public_context())`` computes on ciphertexts;
 plans deeper than secure parameters (or ``max_levels``) run in refresh rounds with the client:
-``run_interactive(client, server, payload)`` (:mod:`he_backend.refresh`).
+``run_interactive(client, server, payload)`` (:mod:`he_backend.protocol.refresh`).
 """
-from .bundle import ClientBundle, ServerBundle, load_client_bundle, load_server_bundle, save_bundles
-from .client import Client, InputRangeWarning
-from .compile import Plan, PlanLayout, compile
-from .keys import SecretKeyRefused
+from .protocol.bundle import ClientBundle, ServerBundle, load_client_bundle, load_server_bundle, save_bundles
+from .protocol.client import Client, InputRangeWarning
+from .protocol.plan import Plan
+from .protocol.plan_layout import PlanLayout
+from .compile import compile
+from .protocol.keys import SecretKeyRefused
 from .eval.params import CkksParams, ParameterError, choose_params
-from .refresh import CostModel, MaskPolicy, Rounds, run_interactive
-from .serialization import PayloadError
-from .server import RefreshRequired, Server
+from .protocol.refresh import CostModel, MaskPolicy, Rounds, run_interactive
+from .protocol.serialization import PayloadError
+from .protocol.server import RefreshRequired, Server
 
 __all__ = ["CkksParams", "Client", "ClientBundle", "CostModel", "InputRangeWarning", "MaskPolicy", "ParameterError",
            "PayloadError", "Plan", "PlanLayout", "RefreshRequired", "Rounds", "SecretKeyRefused", "Server", "ServerBundle",

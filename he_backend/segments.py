@@ -1,5 +1,5 @@
 """Segments of a plan: levels with refresh points, live values, value bounds and the placement
-of the refresh points (see :mod:`he_backend.refresh` for the protocol and the cost model).
+of the refresh points (see :mod:`he_backend.protocol.refresh` for the protocol and the cost model).
 
 The steps run in list order; a *cut* at position ``p`` refreshes, before ``steps[p]``, every
 value produced earlier and used at or after ``p`` (residual skips included): its *live* values.
@@ -18,7 +18,7 @@ from polyact.ir.graph import INPUT
 from .eval.steps import AffineStep, PolyStep
 from .eval.steps import poly_values
 from .eval.params import CkksParams
-from .refresh import CostModel, Cut, MaskPolicy, mask_level, shortest_cuts
+from .protocol.refresh import CostModel, Cut, MaskPolicy, mask_level, shortest_cuts
 
 Step = AffineStep | PolyStep
 GRID = 257  # points of [-1, 1] on which polynomial outputs are bounded
@@ -103,7 +103,7 @@ def candidate_cut(live: set[str], position: int, root: Mapping[str, str],
 def place_cuts(steps: Sequence[Step], output: str, params: CkksParams, budget: int, bounds: Mapping[str, float],
                policy: MaskPolicy, cost: CostModel, operations: Callable[[Step], tuple[int, int, int]],
                ciphertexts: Callable[[str], int]) -> tuple[list[Cut], float]:
-    """The cheapest refresh points (a shortest path, see :func:`he_backend.refresh.shortest_cuts`)
+    """The cheapest refresh points (a shortest path, see :func:`he_backend.protocol.refresh.shortest_cuts`)
     such that every segment stays within ``budget`` levels below the top and every cut's live
     values are at or above its mask level, and their estimated seconds per ciphertext.
     ``operations(step)`` gives (ciphertext products, plaintext products, rotations) per

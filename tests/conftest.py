@@ -101,6 +101,6 @@ def _release_memory_after_each_module():
     freed heap pages until ``malloc_trim``, so without this the suite's resident size grows with
     every module that held ciphertexts, keys or encoded weights."""
     yield
-    from he_backend.memory import release_memory
+    from he_backend.service.memory import release_memory
 
     release_memory()  # collects garbage, then trims

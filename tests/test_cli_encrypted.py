@@ -138,7 +138,7 @@ def test_encrypt_run_agrees_with_plaintext(pann_file, digits, workers, capsys):
 
 @pytest.mark.slow
 def test_process_pool_outputs_equal_plaintext_order(pann_file, digits):
-    from he_backend.parallel import run_encrypted
+    from he_backend.protocol.parallel import run_encrypted
 
     _, pann = pann_file
     plan = he_backend.compile(pann, digits.input_shape, "sample", min_scale_bits=25)

@@ -154,7 +154,7 @@ def test_another_secret_key_cannot_decrypt(mlp_plan, mlp_pair, digits):
     stranger = plan.client()  # same parameters, its own keys
     with pytest.raises(he_backend.PayloadError, match="not this client's"):
         stranger.decrypt(result)  # refused by the key fingerprint ...
-    from he_backend.serialization import seal_from_bytes, unpack
+    from he_backend.protocol.serialization import seal_from_bytes, unpack
 
     blob = unpack(result, "results")[1][0]  # ... and garbage without it
     wrong = stranger.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, stranger.keys.engine.context, "result"))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import he_backend
-from he_backend.parallel import run_encrypted
+from he_backend.protocol.parallel import run_encrypted
 from polyact.convert.pipeline import convert
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)

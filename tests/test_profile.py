@@ -5,7 +5,7 @@ import time
 import pytest
 
 import he_backend
-from he_backend.profile import instrumented, profile
+from he_backend.protocol.profile import instrumented, profile
 from polyact.convert.pipeline import convert
 
 

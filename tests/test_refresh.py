@@ -14,9 +14,18 @@ import torch
 
 import he_backend
 from he_backend.eval.params import MAX_LOG_Q, max_depth, params_for
-from he_backend.keys import KeyHolder
-from he_backend.refresh import (REPLY_KIND, REQUEST_KIND, CostModel, MaskPolicy, mask, mask_level, shortest_cuts, unmask)
-from he_backend.serialization import pack, seal_from_bytes, unpack
+from he_backend.protocol.keys import KeyHolder
+from he_backend.protocol.refresh import (
+    REPLY_KIND,
+    REQUEST_KIND,
+    CostModel,
+    MaskPolicy,
+    mask,
+    mask_level,
+    shortest_cuts,
+    unmask,
+)
+from he_backend.protocol.serialization import pack, seal_from_bytes, unpack
 from he_backend.compile import _square_shifts
 from he_backend.segments import candidate_cut, live_sets, roots, step_levels, value_bounds
 from polyact import models
@@ -332,7 +341,7 @@ def _fields(data, kind):
 
 def _first_round(plan, client, server, x):
     request = server.start(client.encrypt(x))
-    assert he_backend.refresh.message_kind(request) == REQUEST_KIND
+    assert he_backend.protocol.refresh.message_kind(request) == REQUEST_KIND
     return request
 
 
@@ -450,7 +459,7 @@ def test_encrypt_run_drives_refresh_rounds(mlp, digits, tmp_path, capsys):
 def service(mlp_plan):
     import uvicorn
 
-    from he_backend.service import ServiceLimits, create_app
+    from he_backend.service.app import ServiceLimits, create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(mlp_plan, ServiceLimits(max_body_bytes=20_000_000)),
                                            log_level="warning"))
@@ -467,7 +476,7 @@ def service(mlp_plan):
 
 @pytest.mark.slow
 def test_service_rounds_per_session(service, mlp_plan, digits):
-    from he_backend.client import RemoteClient, ServiceError
+    from he_backend.service.remote import RemoteClient, ServiceError
 
     remote = RemoteClient(service)
     assert remote.plan.refreshes == len(mlp_plan.cuts)

@@ -101,7 +101,7 @@ def test_chosen_keys_make_convolutions_cheap_within_the_key_limit():
 def test_keys_of_positive_steps_rotate_as_composed():
     """Only positive steps (once read by the binding as Galois elements, not steps): 8 is a
     key, 9 = 8 + 1 is composed of two; decrypted slots move as numpy's roll says."""
-    from he_backend.keys import KeyHolder
+    from he_backend.protocol.keys import KeyHolder
     from he_backend.eval.params import CkksParams
 
     holder = KeyHolder(CkksParams(8192, (60, 40, 60), 40), [1, 8])

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 import he_backend
-from he_backend.serialization import MAGIC, PayloadError, pack, unpack
+from he_backend.protocol.serialization import MAGIC, PayloadError, pack, unpack
 from polyact.convert.pipeline import convert
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)

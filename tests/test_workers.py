@@ -1,10 +1,10 @@
-"""Two processes per request (he_backend.workers): a partner process computes half of every
+"""Two processes per request (he_backend.protocol.workers): a partner process computes half of every
 affine map's giant-step runs of one input, or half of the inputs of a request of several; the
 result is the same bytes as one process's."""
 import pytest
 
 import he_backend
-from he_backend.serialization import unpack
+from he_backend.protocol.serialization import unpack
 from polyact.convert.pipeline import convert
 
 

@@ -27,7 +27,7 @@ class Engine:
     ``counts`` (``ct_ct_mul``, ``pt_mul``, ``rotate``, ``rescale``, ``add``).
 
     ``tenseal.sealapi`` holds the GIL through SEAL's calls (two threads of SEAL operations take
-    as long as one), so an engine is used from one thread; :mod:`he_backend.workers` shares a
+    as long as one), so an engine is used from one thread; :mod:`he_backend.protocol.workers` shares a
     request between processes instead."""
 
     def __init__(self, params: CkksParams) -> None:

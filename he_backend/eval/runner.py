@@ -46,10 +46,10 @@ Values = dict[str, list[sa.Ciphertext]]  # every value: its ciphertexts
 class Runner:
     """Executes affine and polynomial steps with one :class:`Engine` (server side); with a
     ``partner`` process, every affine map with several giant-step runs is shared with it
-    (:mod:`he_backend.workers`)."""
+    (:mod:`he_backend.protocol.workers`)."""
 
     def __init__(self, engine: Engine, block: int, cache: PlaintextCache | None = None, partner: Any = None) -> None:
-        self.partner = partner  # a he_backend.workers.Partner computing giant-step runs 1.. of every map
+        self.partner = partner  # a he_backend.protocol.workers.Partner computing giant-step runs 1.. of every map
         self.engine = engine
         self.block = block
         self.cache = cache if cache is not None else PlaintextCache()

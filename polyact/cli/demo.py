@@ -126,7 +126,7 @@ def _encrypted_run(pann, data, samples: int, progress: bool) -> tuple[dict[str, 
 
 def _latency_vs_degree(plan, degrees: Sequence[int]) -> list[dict[str, Any]]:
     """Seconds to evaluate a degree-d polynomial on one full ciphertext at the plan's ring and scale."""
-    from he_backend.profile import time_polynomial
+    from he_backend.protocol.profile import time_polynomial
 
     p = plan.params
     return [time_polynomial(d, p.scale_bits, min_n=p.poly_modulus_degree) for d in degrees]

@@ -31,7 +31,7 @@ def _compile(args: argparse.Namespace):
 def _deployment(args: argparse.Namespace):
     """The server bundle ``args.pann`` names (a bundle file or folder), or one compiled from a
     PANN file; and the plaintext reference (the PANN, or the plan's float64 twin)."""
-    from he_backend.bundle import ServerBundle, is_bundle, load_server_bundle
+    from he_backend.protocol.bundle import ServerBundle, is_bundle, load_server_bundle
 
     from ..convert.storage import INPUT_RANGE_ATTR
 
@@ -114,7 +114,7 @@ def add_compile(sub, command) -> None:
 
 
 def _run_compile(args: argparse.Namespace) -> int:
-    from he_backend.bundle import save_bundles
+    from he_backend.protocol.bundle import save_bundles
 
     from ..convert.storage import INPUT_RANGE_ATTR
 
@@ -148,7 +148,7 @@ def add_encrypt_run(sub, command) -> None:
 
 def _run_encrypt_run(args: argparse.Namespace) -> int:
     from he_backend.eval.metrics import compare
-    from he_backend.parallel import run_encrypted
+    from he_backend.protocol.parallel import run_encrypted
 
     from ..data import load_dataset
 
@@ -178,7 +178,7 @@ def add_serve(sub, command) -> None:
         sub, "serve", "serve a PANN over HTTP for encrypted inference (no secret key on the server)",
         "Start the encrypted-inference service (FastAPI + uvicorn) for a bundle written by\n"
         "`polyact compile --out` (or a PANN, compiled at start). Clients fetch the client bundle, upload\n"
-        "their public context once (a session), then post ciphertexts; see he_backend.client.RemoteClient.",
+        "their public context once (a session), then post ciphertexts; see he_backend.service.remote.RemoteClient.",
         ["polyact serve deploy/ --port 8000",
          "polyact serve deploy/ --host 0.0.0.0 --token-file tokens.txt --max-memory-gb 8 "
          "--ssl-certfile cert.pem --ssl-keyfile key.pem"],
@@ -202,8 +202,8 @@ def add_serve(sub, command) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from he_backend.auth import Tokens
-    from he_backend.service import ServiceLimits, create_app
+    from he_backend.service.auth import Tokens
+    from he_backend.service.app import ServiceLimits, create_app
 
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
@@ -240,7 +240,7 @@ def _run_profile(args: argparse.Namespace) -> int:
     import numpy as np
 
     import he_backend
-    from he_backend.profile import profile
+    from he_backend.protocol.profile import profile
 
     pann, shape = _load_pann_file(args.profile)
     plan = he_backend.compile(pann, shape, "sample")
@@ -250,7 +250,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from he_backend.profile import time_polynomial
+    from he_backend.protocol.profile import time_polynomial
 
     if args.profile:
         return _run_profile(args)

@@ -137,7 +137,7 @@ def save_pann(pann: nn.Module, path: str | Path, *, factory: str | None = None,
     """Save a PANN produced by :func:`polyact.convert` (state dict + JSON polynomial spec).
 
     ``input_range`` is the ``(low, high)`` range of the inputs it was calibrated on; a deployed
-    client warns about inputs outside it (see :mod:`he_backend.bundle`)."""
+    client warns about inputs outside it (see :mod:`he_backend.protocol.bundle`)."""
     layers = {name: m.spec() for name, m in polyact_layers(pann).items()}
     if not layers:
         raise ValueError("this model has no PolyAct layers; convert it with polyact.convert first")

@@ -1,7 +1,7 @@
 """Encrypted batch jobs on a local process pool or a Ray cluster.
 
 Ciphertexts are independent, so a large job splits into one chunk of whole ciphertexts per
-worker; each worker (a pool process, or a Ray task) builds a :class:`~he_backend.server.Server`
+worker; each worker (a pool process, or a Ray task) builds a :class:`~he_backend.protocol.server.Server`
 from the plan bytes and the client's *public* context (the secret key stays in the calling
 process) and evaluates its chunk.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .client import Client
-from .compile import Plan
+from .plan import Plan
 from .refresh import Rounds, run_interactive
 from .server import Server
 

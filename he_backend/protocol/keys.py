@@ -7,7 +7,7 @@ the client encrypts with its secret key (symmetric CKKS: lower fresh noise, and 
 ciphertexts half the size), and the server never encrypts.
 
 A holder can be saved with its secret key for the client's own later use (``private_bytes``);
-such bytes are refused by :class:`he_backend.server.Server`.
+such bytes are refused by :class:`he_backend.protocol.server.Server`.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
 
-from .eval.ckks import Engine
-from .eval.params import CkksParams
+from ..eval.ckks import Engine
+from ..eval.params import CkksParams
 from .serialization import PayloadError, load_parameters, pack, seal_from_bytes, seal_to_bytes, unpack
 
 PUBLIC_KIND = "public context"

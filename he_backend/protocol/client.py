@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import ssl
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,9 +9,9 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as sa
 
-from .compile import Plan, PlanLayout
+from .plan_layout import PlanLayout
 from .keys import KeyHolder, write_private
-from .refresh import REPLY_KIND, REQUEST_KIND, Rounds, drive
+from .refresh import REPLY_KIND, REQUEST_KIND
 from .serialization import PayloadError, pack, seal_from_bytes, unpack
 
 CIPHERTEXTS = "ciphertexts"
@@ -27,9 +24,15 @@ class InputRangeWarning(UserWarning):
     """Inputs outside the range the PANN was calibrated on."""
 
 
-def layout_header(plan: Plan | PlanLayout) -> dict[str, Any]:
-    """What client and server must agree on, sent with every batch of ciphertexts."""
-    gather = (plan.layout() if isinstance(plan, Plan) else plan).input_gather
+def as_layout(plan: Any) -> PlanLayout:
+    """The :class:`PlanLayout` of a plan, or the layout itself."""
+    return plan if isinstance(plan, PlanLayout) else plan.layout()
+
+
+def layout_header(plan: Any) -> dict[str, Any]:
+    """What client and server must agree on, sent with every batch of ciphertexts (``plan``: a
+    :class:`~he_backend.protocol.plan.Plan` or its layout)."""
+    gather = as_layout(plan).input_gather
     input_layout = hashlib.sha256(np.asarray(gather, dtype="<i8").tobytes()).hexdigest()[:16] if gather else "flat"
     return {"block": plan.block, "input_length": plan.input_length, "output_length": plan.output_length,
             "poly_modulus_degree": plan.params.poly_modulus_degree, "coeff_bits": list(plan.params.coeff_bits),
@@ -37,12 +40,13 @@ def layout_header(plan: Plan | PlanLayout) -> dict[str, Any]:
 
 
 class Client:
-    """Keys and packing for one plan (a :class:`Plan` or just its :class:`PlanLayout`). The
+    """Keys and packing for one plan (a :class:`~he_backend.protocol.plan.Plan` or just its
+    :class:`PlanLayout`). The
     secret key never leaves this object; :meth:`public_context` is what the server gets."""
 
-    def __init__(self, plan: Plan | PlanLayout, keys: KeyHolder | None = None, *,
+    def __init__(self, plan: Any, keys: KeyHolder | None = None, *,
                  input_range: tuple[float, float] | None = None, strict: bool = False) -> None:
-        self.plan = plan.layout() if isinstance(plan, Plan) else plan
+        self.plan = as_layout(plan)
         self.keys = keys if keys is not None else KeyHolder(plan.params, plan.rotations)
         if self.keys.params != plan.params:
             raise ValueError("these keys were made for other parameters than the plan's")
@@ -111,7 +115,7 @@ class Client:
                                   KEY_FIELD: self.keys.fingerprint}, blobs)
 
     def decrypt(self, data: bytes) -> np.ndarray:
-        """Results of :meth:`he_backend.server.Server.run` as an ``(n, output_length)`` array."""
+        """Results of :meth:`he_backend.protocol.server.Server.run` as an ``(n, output_length)`` array."""
         header, blobs = unpack(data, RESULTS)
         if header.get("block") != self.plan.block or header.get("output_length") != self.plan.output_length:
             raise PayloadError("these results were computed for another plan than this client's")
@@ -132,7 +136,7 @@ class Client:
     def refresh(self, data: bytes) -> bytes:
         """Answer a server's refresh request: decrypt the masked ciphertexts, keep the real parts
         and re-encrypt them at the top level (seeded). The values seen here are masked: the
-        true value plus the server's uniform mask (see :mod:`he_backend.refresh`)."""
+        true value plus the server's uniform mask (see :mod:`he_backend.protocol.refresh`)."""
         header, blobs = unpack(data, REQUEST_KIND)
         expected = layout_header(self.plan)
         if any(header.get(k) != v for k, v in expected.items()):
@@ -155,103 +159,6 @@ class Client:
         write_private(path, self.keys.private_bytes())
 
     @classmethod
-    def load(cls, plan: Plan | PlanLayout, path: str | Path, **options: Any) -> "Client":
+    def load(cls, plan: Any, path: str | Path, **options: Any) -> "Client":
         """The client saved by :meth:`save` (``options``: ``input_range``, ``strict``)."""
         return cls(plan, KeyHolder.from_private_bytes(Path(path).read_bytes()), **options)
-
-
-class ServiceError(RuntimeError):
-    """The service answered with an error status; ``status`` is the HTTP code."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-
-
-class RemoteClient:
-    """A client of the HTTP service (:mod:`he_backend.service`): fetches the client bundle (the
-    plan's layout and calibrated input range, no weights), makes keys, uploads the public context
-    once (a session), then :meth:`infer` encrypts, posts and decrypts. The secret key stays in
-    this object.
-
-    One kept-alive HTTP connection (httpx); requests that fail in transport are retried
-    ``retries`` times with exponential backoff, and a session the server no longer knows
-    (expired, or the server restarted) is renewed by uploading the public context again.
-    ``token``: the bearer token of a service started with ``--token-file``; ``verify``: ``True``,
-    ``False`` or a CA bundle path for ``https://`` URLs."""
-
-    def __init__(self, url: str, *, timeout: float = 600.0, client: Client | None = None, token: str | None = None,
-                 verify: bool | str = True, retries: int = 3, strict: bool = False) -> None:
-        import httpx
-
-        from .bundle import ClientBundle
-
-        self.url = url.rstrip("/")
-        self.retries = retries
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if isinstance(verify, str):  # a CA bundle (e.g. a self-signed server certificate)
-            verify = ssl.create_default_context(cafile=verify)
-        self.http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify, headers=headers)
-        bundle = ClientBundle.from_bytes(self._request("GET", "/client-bundle"))
-        self.plan = bundle.layout
-        self.client = client or bundle.client(strict=strict)
-        self.session = self._open_session()
-        self.rounds = Rounds()
-
-    def _open_session(self) -> str:
-        return json.loads(self._request("POST", "/sessions", self.client.public_context()))["session"]
-
-    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        import httpx
-
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.http.request(method, path, content=body,
-                                             headers={"Content-Type": "application/octet-stream"})
-                break
-            except httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except (ValueError, AttributeError):
-                detail = response.text
-            raise ServiceError(response.status_code, str(detail))
-        return response.content
-
-    def infer(self, x: Any) -> np.ndarray:
-        """Encrypted inference of ``x`` (``(n, *input_shape)`` or one sample): ``(n, outputs)``."""
-        return self.client.decrypt(self.infer_bytes(self.client.encrypt(x)))
-
-    def infer_bytes(self, payload: bytes) -> bytes:
-        """Post already encrypted bytes; returns the result bytes (after the refresh rounds the
-        plan needs; bytes per round are appended to :attr:`rounds`). An expired session is
-        renewed once, by uploading the public context again and restarting the inference."""
-        try:
-            return self._drive(payload)
-        except ServiceError as exc:
-            if exc.status != 404:
-                raise
-        self.session = self._open_session()
-        return self._drive(payload)
-
-    def _drive(self, payload: bytes) -> bytes:
-        self.rounds = Rounds()
-        return drive(lambda body: self._request("POST", f"/sessions/{self.session}/infer", body),
-                     lambda body: self._request("POST", f"/sessions/{self.session}/round", body),
-                     self.client.refresh, payload, self.rounds)
-
-    def close(self) -> None:
-        """Delete the session on the server and close the connection."""
-        try:
-            self._request("DELETE", f"/sessions/{self.session}")
-        finally:
-            self.http.close()
-
-    def __enter__(self) -> "RemoteClient":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

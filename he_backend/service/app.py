@@ -5,11 +5,11 @@ Endpoints (bodies are polyact's binary formats, ``application/octet-stream``):
 - ``GET /health`` -> ``{"status": "ok", "sessions": n}``
 - ``GET /layout`` -> the plan's layout (parameters, rotations, packing; no weights): what a
   client needs to make keys and pack inputs
-- ``GET /client-bundle`` -> the layout and the calibrated input range (:mod:`he_backend.bundle`)
+- ``GET /client-bundle`` -> the layout and the calibrated input range (:mod:`he_backend.protocol.bundle`)
 - ``POST /sessions`` with a public context -> ``{"session": id, "expires_in": seconds}``;
   a context with a secret key is refused (403)
 - ``POST /sessions/{id}/infer`` with client ciphertexts -> result ciphertexts, or for plans
-  with refresh points a refresh request (:mod:`he_backend.refresh`)
+  with refresh points a refresh request (:mod:`he_backend.protocol.refresh`)
 - ``POST /sessions/{id}/round`` with the client's refresh reply -> results or the next request;
   the session keeps the inference's ciphertexts and masks between rounds. Every answer carries
   the headers ``X-Polyact-Kind`` (``results`` or ``refresh request``), ``X-Polyact-Bytes-In``
@@ -19,12 +19,12 @@ Endpoints (bodies are polyact's binary formats, ``application/octet-stream``):
 Bad bytes give 400 with the reason, a body that is not ``application/octet-stream`` 415, an
 unknown or expired session 404, a body over the limit 413 (also when streamed without a
 Content-Length), a full session table or memory budget 503 before the body is read; nothing a
-client sends can crash the server. With tokens (:mod:`he_backend.auth`) every request needs
+client sends can crash the server. With tokens (:mod:`he_backend.service.auth`) every request needs
 ``Authorization: Bearer TOKEN`` (401 otherwise), a token sees only its own sessions and holds at
 most its quota of them (429). Sessions expire after ``session_ttl`` idle seconds. Servers of all
 sessions share one plaintext cache.
 
-Memory: a session's cost is known from the layout (:func:`he_backend.memory.session_bytes`);
+Memory: a session's cost is known from the layout (:func:`he_backend.service.memory.session_bytes`);
 with ``max_memory_bytes`` a new session is admitted only while the resident memory at start,
 the weight cache's bound (``cache_bytes``), one evaluation's working set (SEAL's pool keeps and
 reuses it), the cost of the live sessions and of one upload stay within the budget. Deleted and
@@ -41,14 +41,14 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from .auth import Tokens
-from .bundle import ServerBundle
-from .compile import Plan
-from .keys import SecretKeyRefused
-from .eval.runner import PlaintextCache
+from ..protocol.bundle import ServerBundle
+from ..protocol.plan import Plan
+from ..protocol.keys import SecretKeyRefused
+from ..eval.runner import PlaintextCache
 from .memory import evaluation_bytes, release_memory, rss_bytes, session_bytes, upload_bytes
-from .refresh import message_kind
-from .serialization import PayloadError
-from .server import Server
+from ..protocol.refresh import message_kind
+from ..protocol.serialization import PayloadError
+from ..protocol.server import Server
 
 OCTETS = "application/octet-stream"
 

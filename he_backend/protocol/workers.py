@@ -13,7 +13,7 @@ copy of the plan and of the *public* context. It shares a request in one of two 
 
 Either way the result is byte for byte that of one process.
 
-Messages are polyact containers (:mod:`he_backend.serialization`) of SEAL-serialised
+Messages are polyact containers (:mod:`he_backend.protocol.serialization`) of SEAL-serialised
 ciphertexts over a pipe, never pickles.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ from __future__ import annotations
 import multiprocessing
 import weakref
 from multiprocessing.connection import Connection
+from typing import Callable
 
 import tenseal.sealapi as sa
 
-from .eval.steps import AffineStep
-from .eval.runner import Values
-from .eval.rotations import GIANT_RUNS
+from ..eval.steps import AffineStep
+from ..eval.runner import Values
 from .serialization import pack, seal_from_bytes, seal_to_bytes, unpack
 
 REQUEST_KIND = "partner request"
@@ -41,10 +41,12 @@ class PartnerError(RuntimeError):
 class Partner:
     """The second process of a server (see the module docstring); :meth:`close` stops it."""
 
-    def __init__(self, plan_bytes: bytes, public_context: bytes) -> None:
+    def __init__(self, plan_bytes: bytes, public_context: bytes, serve: Callable[[Connection], None]) -> None:
+        """Start the process, which runs ``serve`` (a module-level function: the partner's loop,
+        :func:`he_backend.protocol.server.serve_partner`) on its end of the pipe."""
         context = multiprocessing.get_context("forkserver")  # no copy of this process's SEAL state or locks
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child,), daemon=True, name="polyact-partner")
+        self._process = context.Process(target=serve, args=(child,), daemon=True, name="polyact-partner")
         self._process.start()
         child.close()
         self._conn.send_bytes(plan_bytes)
@@ -63,7 +65,7 @@ class Partner:
 
     def start_segment(self, start: int, stop: int, inputs: list[dict[str, list[bytes]]]) -> None:
         """Send the live values of several inputs (SEAL-serialised ciphertexts, as the client
-        sent them or :func:`~he_backend.serialization.seal_to_bytes`); the partner runs steps
+        sent them or :func:`~he_backend.protocol.serialization.seal_to_bytes`); the partner runs steps
         ``start:stop`` of the plan on each (its own runner, not sharing maps back)."""
         header = {"segment": [start, stop], "inputs": [[[name, len(cts)] for name, cts in v.items()] for v in inputs]}
         self._conn.send_bytes(pack(REQUEST_KIND, header, [blob for v in inputs for cts in v.values() for blob in cts]))
@@ -106,40 +108,3 @@ def _stop(conn: Connection, process: multiprocessing.Process) -> None:
     process.join(timeout=5)
     if process.is_alive():
         process.kill()
-
-
-def _serve(conn: Connection) -> None:
-    """The partner's loop: load the plan and keys, then answer one request per affine step."""
-    from .server import Server  # the server module imports this one
-
-    try:
-        server = Server.from_bytes(conn.recv_bytes(), conn.recv_bytes())
-    except Exception as exc:  # reported to the parent, which raises it
-        conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
-        return
-    steps = {s.name: s for s in server.plan.steps if isinstance(s, AffineStep)}
-    conn.send_bytes(READY)
-    while True:
-        try:
-            header, sections = unpack(conn.recv_bytes(), REQUEST_KIND)
-        except EOFError:
-            return
-        try:
-            blobs = iter(sections)
-
-            def read(counts: list) -> Values:
-                return {name: [seal_from_bytes(sa.Ciphertext, next(blobs), server.engine.context, "a ciphertext")
-                               for _ in range(count)] for name, count in counts}
-
-            if "segment" in header:
-                start, stop = header["segment"]
-                outputs = [server.segment(read(counts), start, stop) for counts in header["inputs"]]
-                reply = pack(REPLY_KIND, {"outputs": [[[name, len(cts)] for name, cts in v.items()] for v in outputs]},
-                             [seal_to_bytes(ct) for v in outputs for cts in v.values() for ct in cts])
-            else:
-                sums = server.runner.partial(steps[header["step"]], read(header["sources"]), range(1, GIANT_RUNS))
-                reply = pack(REPLY_KIND, {"outputs": [[i, len(cts)] for i, cts in sums.items()]},
-                             [seal_to_bytes(ct) for cts in sums.values() for ct in cts])
-        except Exception as exc:  # reported to the parent, which raises it
-            reply = pack(REPLY_KIND, {"error": f"{type(exc).__name__}: {exc}"}, [])
-        conn.send_bytes(reply)

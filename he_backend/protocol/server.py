@@ -1,13 +1,14 @@
 """The server: runs a plan on ciphertexts with public evaluation keys only.
 
-Plans with refresh points run in rounds (:mod:`he_backend.refresh`): :meth:`Server.start` takes
+Plans with refresh points run in rounds (:mod:`he_backend.protocol.refresh`): :meth:`Server.start` takes
 the client's ciphertexts and returns either the results or a refresh request; the client's
-:meth:`~he_backend.client.Client.refresh` answers it and :meth:`Server.resume` continues.
+:meth:`~he_backend.protocol.client.Client.refresh` answers it and :meth:`Server.resume` continues.
 Between rounds the server keeps only ciphertexts and its own random masks.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from itertools import islice
 
@@ -16,15 +17,18 @@ import tenseal.sealapi as sa
 
 from polyact.ir.graph import INPUT
 
-from .eval.ckks import Engine
+from ..eval.ckks import Engine
 from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
-from .compile import Plan
+from .plan import Plan
 from .keys import install_keys, key_fingerprint, load_public_context
-from .eval.steps import AffineStep
-from .eval.runner import PlaintextCache, Runner, Values
+from ..eval.steps import AffineStep
+from ..eval.rotations import GIANT_RUNS
+from ..eval.runner import PlaintextCache, Runner, Values
 from .refresh import REPLY_KIND, REQUEST_KIND, check_count, flood, mask, new_token, unmask
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
-from .workers import Partner
+from .workers import READY, Partner
+from .workers import REPLY_KIND as PARTNER_REPLY
+from .workers import REQUEST_KIND as PARTNER_REQUEST
 
 MAX_PENDING = 8  # inferences a server keeps waiting for refresh replies (the oldest is dropped)
 
@@ -49,7 +53,7 @@ class Server:
     """Holds a :class:`Plan` and a public context (refused if it contains a secret key);
     :meth:`run` maps the client's ciphertext bytes to result bytes. Servers of one plan may
     share a :class:`~he_backend.eval.runner.PlaintextCache` (encoded weights). ``workers=2`` shares
-    each request with a partner process (:mod:`he_backend.workers`: half of the inputs of a
+    each request with a partner process (:mod:`he_backend.protocol.workers`: half of the inputs of a
     request of several, else half of every affine map): two cores, the same bytes out;
     :meth:`close` stops it."""
 
@@ -72,7 +76,7 @@ class Server:
             raise ValueError(f"flood_std must be >= 0, got {flood_std}")
         if workers not in (1, 2):
             raise ValueError(f"workers must be 1 or 2 (processes per request), got {workers!r}")
-        partner = Partner(plan.to_bytes(), public_context) if workers == 2 else None
+        partner = Partner(plan.to_bytes(), public_context, serve_partner) if workers == 2 else None
         self.runner = Runner(self.engine, plan.block, cache, partner)
         self._solo = Runner(self.engine, plan.block, self.runner.cache)  # while the partner runs other inputs
         self.flood_std = flood_std
@@ -156,7 +160,7 @@ class Server:
 
     def start(self, data: bytes) -> bytes:
         """Begin an inference on a client's batch: the result bytes, or (plans with refresh
-        points) the first refresh request for :meth:`~he_backend.client.Client.refresh`."""
+        points) the first refresh request for :meth:`~he_backend.protocol.client.Client.refresh`."""
         header, blobs = unpack(data, CIPHERTEXTS)
         expected = layout_header(self.plan)
         wrong = {k: header.get(k) for k in expected if header.get(k) != expected[k]}
@@ -246,3 +250,38 @@ class Server:
                 for v in job.values:
                     if s.sources[0] in v:
                         v[s.name] = v[s.sources[0]]
+
+
+def serve_partner(conn: Connection) -> None:
+    """The partner's loop: load the plan and keys, then answer one request per affine step."""
+    try:
+        server = Server.from_bytes(conn.recv_bytes(), conn.recv_bytes())
+    except Exception as exc:  # reported to the parent, which raises it
+        conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
+        return
+    steps = {s.name: s for s in server.plan.steps if isinstance(s, AffineStep)}
+    conn.send_bytes(READY)
+    while True:
+        try:
+            header, sections = unpack(conn.recv_bytes(), PARTNER_REQUEST)
+        except EOFError:
+            return
+        try:
+            blobs = iter(sections)
+
+            def read(counts: list) -> Values:
+                return {name: [seal_from_bytes(sa.Ciphertext, next(blobs), server.engine.context, "a ciphertext")
+                               for _ in range(count)] for name, count in counts}
+
+            if "segment" in header:
+                start, stop = header["segment"]
+                outputs = [server.segment(read(counts), start, stop) for counts in header["inputs"]]
+                reply = pack(PARTNER_REPLY, {"outputs": [[[name, len(cts)] for name, cts in v.items()] for v in outputs]},
+                             [seal_to_bytes(ct) for v in outputs for cts in v.values() for ct in cts])
+            else:
+                sums = server.runner.partial(steps[header["step"]], read(header["sources"]), range(1, GIANT_RUNS))
+                reply = pack(PARTNER_REPLY, {"outputs": [[i, len(cts)] for i, cts in sums.items()]},
+                             [seal_to_bytes(ct) for cts in sums.values() for ct in cts])
+        except Exception as exc:  # reported to the parent, which raises it
+            reply = pack(PARTNER_REPLY, {"error": f"{type(exc).__name__}: {exc}"}, [])
+        conn.send_bytes(reply)

@@ -53,8 +53,8 @@ from typing import Callable
 import numpy as np
 import tenseal.sealapi as sa
 
-from .eval.ckks import Engine
-from .eval.params import CkksParams
+from ..eval.ckks import Engine
+from ..eval.params import CkksParams
 from .serialization import PayloadError, unpack
 
 REQUEST_KIND = "refresh request"

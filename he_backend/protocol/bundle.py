@@ -7,7 +7,7 @@
 - ``DIR/client.bundle``: the plan's layout (parameters, rotations, packing; no weights) and the
   calibrated input range, what a client needs to make keys and encrypt (:class:`ClientBundle`).
 
-Both are polyact containers (:mod:`he_backend.serialization`): JSON headers and numeric arrays,
+Both are polyact containers (:mod:`he_backend.protocol.serialization`): JSON headers and numeric arrays,
 nothing that executes when read.
 """
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client
-from .compile import Plan, PlanLayout
+from .plan import Plan
+from .plan_layout import PlanLayout
 from .keys import KeyHolder
-from .eval.runner import PlaintextCache
+from ..eval.runner import PlaintextCache
 from .serialization import MAGIC, PayloadError, pack, unpack
 from .server import Server
 

@@ -11,7 +11,8 @@ import ctypes
 import gc
 import os
 
-from .compile import Plan, PlanLayout
+from ..protocol.plan import Plan
+from ..protocol.plan_layout import PlanLayout
 
 KEY_COPIES = 4.0  # a session's deserialised keys and SEAL context: measured ~4x the seeded key size
 TRANSIENT_COPIES = 3.0  # while a session is created: the body, the parsed sections, SEAL's load buffer
