@@ -13,8 +13,8 @@ import statistics
 import torch
 
 from polyact import data, models
-from polyact.train import loop as trainer
 from polyact.tradeoff import sweep
+from polyact.train import loop as trainer
 
 METHODS = ("minimax", "chebyshev", "lsq")
 

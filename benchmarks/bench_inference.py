@@ -30,9 +30,9 @@ import he_backend
 from he_backend.eval.metrics import compare
 from he_backend.eval.params import CkksParams
 from polyact import data, models
-from polyact.train import loop as trainer
 from polyact.activations.fixed import Square
 from polyact.convert.pipeline import convert
+from polyact.train import loop as trainer
 
 TUTORIAL_PARAMS = CkksParams(8192, (31, 26, 26, 26, 26, 26, 26, 31), 26)  # the tutorial's context
 

@@ -74,10 +74,9 @@ class PolyactWorker:
     def __call__(self, request: dict) -> dict:
         import torch
 
+        import he_backend
         from polyact import data, models
         from polyact.convert.pipeline import convert
-
-        import he_backend
 
         torch.set_num_threads(1)
         arrays = np.load(request["npz"], allow_pickle=False)

@@ -24,9 +24,9 @@ import tenseal as ts
 from numpy.polynomial import chebyshev as C
 
 import polyact
-from he_backend.protocol.keys import KeyHolder
 from he_backend.eval.params import choose_params
 from he_backend.eval.polyeval import PolyEvaluator
+from he_backend.protocol.keys import KeyHolder
 from polyact.approx.schedule import plan_polynomial
 
 

@@ -21,8 +21,8 @@ import torch
 import he_backend
 from he_backend.eval.metrics import compare
 from polyact import data, models
-from polyact.train import loop as trainer
 from polyact.convert.pipeline import convert
+from polyact.train import loop as trainer
 
 NETWORKS = {"mlp": ({"hidden": (32,)}, 7, 4), "cnn": ({}, 2, 3)}  # build options, degree, max_levels
 

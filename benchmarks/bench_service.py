@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 import he_backend
-from he_backend.service.remote import RemoteClient
 from he_backend.service.memory import session_bytes
+from he_backend.service.remote import RemoteClient
 from polyact import data, models
-from polyact.train import loop as trainer
 from polyact.convert.pipeline import convert
 from polyact.convert.storage import save_pann
+from polyact.train import loop as trainer
 
 
 def start_server(pann_path: Path, args) -> tuple[subprocess.Popen, str]:

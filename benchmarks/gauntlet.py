@@ -25,7 +25,6 @@ from polyact import data
 from polyact.convert.sites import UnsupportedOperationError
 from polyact.train.loop import evaluate, predict, train_classifier
 
-
 KEY_MEMORY = 512 << 20  # Galois keys per plan: client and server keys live in one process here
 
 

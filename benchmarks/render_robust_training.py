@@ -33,8 +33,8 @@ def table(summary: dict) -> str:
 def allocation_costs(entry: dict) -> dict:
     """Polynomial levels (sum over layers, all on the main path) and ct x ct products per
     ciphertext of the uniform and the allocated PANN."""
-    from polyact.train.allocate import layer_ct_ct_mults
     from polyact.nn.poly_act import PolyAct
+    from polyact.train.allocate import layer_ct_ct_mults
 
     out = {}
     for label in ("uniform", "allocated"):

@@ -41,10 +41,10 @@ import torch
 
 from polyact import data as datasets
 from polyact import models
-from polyact.train import loop as trainer
-from polyact.train.allocate import Candidates, greedy_allocate
 from polyact.convert.pipeline import convert
 from polyact.nn.poly_act import polyact_layers
+from polyact.train import loop as trainer
+from polyact.train.allocate import Candidates, greedy_allocate
 from polyact.train.robust import robust_finetune
 
 ARCHITECTURES = {

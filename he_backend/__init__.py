@@ -5,14 +5,15 @@
 plans deeper than secure parameters (or ``max_levels``) run in refresh rounds with the client:
 ``run_interactive(client, server, payload)`` (:mod:`he_backend.protocol.refresh`).
 """
+from .eval.params import CkksParams, ParameterError, choose_params
+from .lowering.compiler import compile
+from .lowering.segments import CostModel
 from .protocol.bundle import ClientBundle, ServerBundle, load_client_bundle, load_server_bundle, save_bundles
 from .protocol.client import Client, InputRangeWarning
+from .protocol.keys import SecretKeyRefused
 from .protocol.plan import Plan
 from .protocol.plan_layout import PlanLayout
-from .compile import compile
-from .protocol.keys import SecretKeyRefused
-from .eval.params import CkksParams, ParameterError, choose_params
-from .protocol.refresh import CostModel, MaskPolicy, Rounds, run_interactive
+from .protocol.refresh import MaskPolicy, Rounds, run_interactive
 from .protocol.serialization import PayloadError
 from .protocol.server import RefreshRequired, Server
 

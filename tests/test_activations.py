@@ -9,8 +9,21 @@ from scipy.integrate import solve_ivp
 from scipy.special import expit
 
 import polyact
-from polyact.activations.registry import activation_name, available_activations, get_activation
-from polyact.activations.learnable import AGLU, APA, AULU, PAU, PWLU, XIELU, DiTAC, cpa_integrate
+from polyact.activations.learnable import (
+    AGLU,
+    APA,
+    AULU,
+    PAU,
+    PWLU,
+    XIELU,
+    DiTAC,
+    cpa_integrate,
+)
+from polyact.activations.registry import (
+    activation_name,
+    available_activations,
+    get_activation,
+)
 
 REQUIRED = [
     "relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "elu", "selu",

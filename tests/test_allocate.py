@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from polyact.train.allocate import Candidates, greedy_allocate, layer_ct_ct_mults
 from polyact.convert.pipeline import convert
+from polyact.train.allocate import Candidates, greedy_allocate, layer_ct_ct_mults
 from polyact.train.loop import evaluate
 
 

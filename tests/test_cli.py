@@ -69,8 +69,8 @@ def test_convert_writes_a_loadable_pann_and_reports_json(tmp_path, capsys):
 def test_convert_accepts_saved_models_and_state_dicts_with_a_factory(tmp_path, capsys):
     import torch
 
-    from polyact.models import build_model
     from polyact.convert.storage import save_model
+    from polyact.models import build_model
 
     model = build_model("mlp", (1, 8, 8), 10, "gelu", hidden=(8,))
     save_model(model, tmp_path / "model.pt")

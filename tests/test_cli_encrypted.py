@@ -8,8 +8,8 @@ import torch
 
 import he_backend
 from polyact.cli.commands import main
-from polyact.convert.pipeline import convert
 from polyact.cli.demo import DemoConfig, run_demo
+from polyact.convert.pipeline import convert
 from polyact.convert.storage import save_pann
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)

@@ -12,11 +12,17 @@ from torch import nn
 import polyact
 from polyact.activations.registry import available_activations, get_activation
 from polyact.convert.pipeline import MaxPoolAveragedWarning, convert
-from polyact.ir.graph import LoweringError
-from polyact.ir.lower import lower
-from polyact.nn.poly_act import OutOfRangeError, PolyAct, polyact_layers, range_report, set_strict
 from polyact.convert.sites import UnsupportedOperationError
 from polyact.convert.storage import load_pann, save_pann
+from polyact.ir.graph import LoweringError
+from polyact.ir.lower import lower
+from polyact.nn.poly_act import (
+    OutOfRangeError,
+    PolyAct,
+    polyact_layers,
+    range_report,
+    set_strict,
+)
 
 torch.manual_seed(0)
 X = torch.randn(256, 6)

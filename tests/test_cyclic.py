@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from he_backend.eval.cyclic import cyclic_diagonals, cyclic_offsets, fold_steps, fold_width, periodic
+from he_backend.eval.cyclic import (
+    cyclic_diagonals,
+    cyclic_offsets,
+    fold_steps,
+    fold_width,
+    periodic,
+)
 
 SLOTS = 256
 

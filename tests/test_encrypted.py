@@ -9,8 +9,8 @@ import tenseal.sealapi as sa
 import torch
 
 import he_backend
-from he_backend.eval.runner import PlaintextCache
 from he_backend.eval.params import MAX_LOG_Q, CkksParams
+from he_backend.eval.runner import PlaintextCache
 from polyact.convert.pipeline import convert
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)

@@ -18,8 +18,8 @@ from polyact.convert.pipeline import convert
 from polyact.data import Dataset
 from polyact.nn.poly_act import out_of_range_fraction, polyact_layers
 from polyact.tradeoff import measure, sweep
-from polyact.train.robust import RobustResult, robust_finetune
 from polyact.train.loop import predict
+from polyact.train.robust import RobustResult, robust_finetune
 
 TESTS = Path(__file__).parent
 

@@ -4,8 +4,8 @@ import pytest
 import scipy.sparse as sp
 
 import he_backend
-from he_backend.protocol.plan_layout import PlanLayout
 from he_backend.lowering.layout import count_diagonals, row_aligned_input
+from he_backend.protocol.plan_layout import PlanLayout
 from he_backend.protocol.serialization import PayloadError, pack, unpack
 from polyact.ir.linear_maps import conv_matrix
 

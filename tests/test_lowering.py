@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from he_backend.lowering.layout import Layout, count_diagonals
 from he_backend.eval.diagonals import tile_diagonals
+from he_backend.lowering.layout import Layout, count_diagonals
 from polyact.ir.graph import LoweringError
-from polyact.ir.lower import lower
 from polyact.ir.linear_maps import DENSE_PROBE_INPUTS, conv_matrix
+from polyact.ir.lower import lower
 
 
 def _torch_matrix(module: nn.Module, shape: tuple[int, ...]) -> np.ndarray:

@@ -7,9 +7,9 @@ import pytest
 from numpy.polynomial import chebyshev as C
 
 import polyact
-from he_backend.protocol.keys import KeyHolder
 from he_backend.eval.params import CkksParams, choose_params
 from he_backend.eval.polyeval import PolyEvaluator
+from he_backend.protocol.keys import KeyHolder
 from polyact.approx.schedule import chebyshev_divide, evaluate_twin, plan_polynomial
 
 RNG = np.random.default_rng(0)

@@ -11,28 +11,37 @@ import numpy as np
 import pytest
 import tenseal.sealapi as sa
 import torch
+from test_encrypted import (  # one definition of "bits" for the encrypted tests
+    _reference,
+    precision_bits,
+)
 
 import he_backend
 from he_backend.eval.params import MAX_LOG_Q, max_depth, params_for
+from he_backend.lowering.compiler import _square_shifts
+from he_backend.lowering.segments import (
+    CostModel,
+    candidate_cut,
+    live_sets,
+    roots,
+    shortest_cuts,
+    step_levels,
+    value_bounds,
+)
 from he_backend.protocol.keys import KeyHolder
 from he_backend.protocol.refresh import (
     REPLY_KIND,
     REQUEST_KIND,
-    CostModel,
     MaskPolicy,
     mask,
     mask_level,
-    shortest_cuts,
     unmask,
 )
 from he_backend.protocol.serialization import pack, seal_from_bytes, unpack
-from he_backend.compile import _square_shifts
-from he_backend.segments import candidate_cut, live_sets, roots, step_levels, value_bounds
 from polyact import models
 from polyact.convert.pipeline import convert
 from polyact.ir.graph import INPUT
 from polyact.ir.lower import lower
-from test_encrypted import _reference, precision_bits  # one definition of "bits" for the encrypted tests
 
 pytestmark = pytest.mark.isolated  # CKKS memory: this module runs in its own interpreter (tests/isolation.py)
 

@@ -5,7 +5,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from polyact.approx.fitting import fit
-from polyact.train.robust import BandPerturbedActivation, WorstCasePerturbation, band_envelope, robust_finetune
+from polyact.train.robust import (
+    BandPerturbedActivation,
+    WorstCasePerturbation,
+    band_envelope,
+    robust_finetune,
+)
 
 
 def test_band_envelope_bounds_the_real_composite_relu_error():

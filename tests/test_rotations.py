@@ -5,9 +5,9 @@ from collections import deque
 import numpy as np
 import pytest
 
+from he_backend.eval.diagonals import tile_offsets
 from he_backend.eval.rotations import KeySet, MapShape, split_offsets
 from he_backend.lowering.key_choice import choose_keys
-from he_backend.eval.diagonals import tile_offsets
 from polyact.ir.linear_maps import conv_matrix
 
 
@@ -101,8 +101,8 @@ def test_chosen_keys_make_convolutions_cheap_within_the_key_limit():
 def test_keys_of_positive_steps_rotate_as_composed():
     """Only positive steps (once read by the binding as Galois elements, not steps): 8 is a
     key, 9 = 8 + 1 is composed of two; decrypted slots move as numpy's roll says."""
-    from he_backend.protocol.keys import KeyHolder
     from he_backend.eval.params import CkksParams
+    from he_backend.protocol.keys import KeyHolder
 
     holder = KeyHolder(CkksParams(8192, (60, 40, 60), 40), [1, 8])
     engine = holder.engine

@@ -20,11 +20,16 @@ import torch
 import uvicorn
 
 import he_backend
-from he_backend.service.auth import Tokens
-from he_backend.service.remote import RemoteClient, ServiceError
-from he_backend.service.memory import evaluation_bytes, rss_bytes, session_bytes, upload_bytes
 from he_backend.protocol.serialization import MAGIC
 from he_backend.service.app import ServiceLimits, SessionTable, create_app
+from he_backend.service.auth import Tokens
+from he_backend.service.memory import (
+    evaluation_bytes,
+    rss_bytes,
+    session_bytes,
+    upload_bytes,
+)
+from he_backend.service.remote import RemoteClient, ServiceError
 from polyact.cli.commands import main
 from polyact.convert.pipeline import convert
 from polyact.convert.storage import save_pann

@@ -8,7 +8,13 @@ import torch
 
 from polyact.cli.commands import main
 from polyact.convert.pipeline import convert
-from polyact.convert.storage import UntrustedFactory, load_model, load_pann, save_model, save_pann
+from polyact.convert.storage import (
+    UntrustedFactory,
+    load_model,
+    load_pann,
+    save_model,
+    save_pann,
+)
 
 TABNET = textwrap.dedent("""
     from torch import nn

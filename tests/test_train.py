@@ -10,6 +10,7 @@ import polyact
 from polyact.convert.calibration import choose_interval
 from polyact.convert.pipeline import convert
 from polyact.nn.poly_act import PolyAct, polyact_layers
+from polyact.train.loop import evaluate, train_classifier
 from polyact.train.robust import (
     PerturbedActivation,
     RangePenalty,
@@ -18,7 +19,6 @@ from polyact.train.robust import (
     range_penalty,
     robust_finetune,
 )
-from polyact.train.loop import evaluate, train_classifier
 
 
 def test_range_penalty_is_zero_inside_and_quadratic_outside():

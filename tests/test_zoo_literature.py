@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import erf, expit
+from test_fit import lp_minimax_error
 from torch import nn
 
 import he_backend
 import polyact
 from polyact import models
-from polyact.train import loop as trainer
-from polyact.activations.registry import LEARNABLE, activation_name, get_activation
 from polyact.activations.learnable import PAU
 from polyact.activations.literature import LITERATURE, LSLU, RAF
+from polyact.activations.registry import LEARNABLE, activation_name, get_activation
 from polyact.nn.poly_act import PolyAct
-from test_fit import lp_minimax_error
+from polyact.train import loop as trainer
 
 
 # ---- numpy references, written from the formulas in the papers ------------------------------

@@ -16,8 +16,8 @@ from typing import Sequence, Union
 import numpy as np
 import tenseal.sealapi as sa
 
-from .rotations import KeySet
 from .params import CkksParams, ParameterError
+from .rotations import KeySet
 
 Values = Union[float, np.ndarray]
 

@@ -9,10 +9,11 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from polyact.approx.schedule import PolyPlan, plan_polynomial
+
 from .ckks import Engine
 from .cyclic import periodic
-from .rotations import GIANT_RUNS, baby_chain, split_offsets
 from .polyeval import PolyEvaluator
+from .rotations import GIANT_RUNS, baby_chain, split_offsets
 from .steps import AffineStep, PolyStep, ciphertext_count, slot_vector
 
 

@@ -40,9 +40,10 @@ from numpy.polynomial import chebyshev as C
 
 from polyact.approx.schedule import PolyPlan, plan_polynomial
 from polyact.ir.graph import INPUT
-from .rotations import KeySet, MapShape, giant_runs, split_offsets
-from .diagonals import TileOffsets, tile_diagonals, tile_offsets
+
 from .cyclic import cyclic_diagonals, cyclic_offsets, fold_steps, fold_width
+from .diagonals import TileOffsets, tile_diagonals, tile_offsets
+from .rotations import KeySet, MapShape, giant_runs, split_offsets
 
 
 def slot_vector(values: np.ndarray, positions: np.ndarray, block: int, index: int) -> np.ndarray:

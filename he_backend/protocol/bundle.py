@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..eval.runner import PlaintextCache
 from .client import Client
+from .keys import KeyHolder
 from .plan import Plan
 from .plan_layout import PlanLayout
-from .keys import KeyHolder
-from ..eval.runner import PlaintextCache
 from .serialization import MAGIC, PayloadError, pack, unpack
 from .server import Server
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as sa
 
-from .plan_layout import PlanLayout
 from .keys import KeyHolder, write_private
+from .plan_layout import PlanLayout
 from .refresh import REPLY_KIND, REQUEST_KIND
 from .serialization import PayloadError, pack, seal_from_bytes, unpack
 

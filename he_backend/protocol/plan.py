@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from polyact.ir.graph import INPUT
+
 from ..eval.params import CkksParams
 from ..eval.rotations import KeySet
 from ..eval.steps import AffineStep, PolyStep, ciphertext_count, poly_values, prepare_steps

@@ -19,10 +19,10 @@ import tenseal.sealapi as sa
 
 from polyact.approx.schedule import plan_polynomial
 
-from .keys import KeyHolder
-from ..eval.steps import AffineStep
 from ..eval.params import choose_params
 from ..eval.polyeval import PolyEvaluator
+from ..eval.steps import AffineStep
+from .keys import KeyHolder
 
 PRIMITIVES = {
     "rotate_vector": "rotate", "multiply_plain": "pt_mul", "multiply": "ct_ct_mul", "square": "ct_ct_mul",

@@ -30,16 +30,7 @@ N = 8192 and 16384 for sigma 30 to 44 within half a bit), or the CKKS precision 
 that is lower (sigma = 20 costs nothing at a 40-bit scale, sigma = 30 leaves about 20 bits,
 sigma = 40 about 10). The masked value must also fit the modulus at the level it is sent at,
 ``log2 Q_L >= scale_bits + sigma + log2 B + 4`` (:func:`mask_level`); the compiler only cuts
-where the live values are at or above that level.
-
-Cost model (:class:`CostModel`, used to place the cuts and to choose how many levels a
-segment has). Seconds per ciphertext: every step's operations at the level it runs at
-(plaintext products ``~ N L``, key switching for ciphertext products and rotations
-``~ N L (a + b L)``), plus per round a latency, the bytes both ways over a
-bandwidth (down: ``2 N L_mask 8`` bytes per live value; up: ``N L_top 8``, seeded) and the
-client's decryption and encryption. Placing the cuts is a shortest path over the positions of the
-step list (:func:`shortest_cuts`), as Orion places bootstraps: ``O(n^2)`` segments, each checked
-and costed in ``O(n)``.
+where the live values are at or above that level (:mod:`he_backend.lowering.segments`).
 """
 from __future__ import annotations
 
@@ -85,39 +76,6 @@ class MaskPolicy:
     @classmethod
     def from_dict(cls, data: dict) -> "MaskPolicy":
         return cls(int(data["sigma"]), float(data["margin"]))
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Seconds per ciphertext, for placing refresh points and choosing the segment length.
-    Operation constants are seconds per ``(N / 8192) * level`` (``key_switch_square``: per
-    ``(N / 8192) * level^2``) measured on a 2-core machine with SEAL at N = 8192 to 32768 and
-    levels 3 to 20: a plaintext product costs ``pt_mult`` (its encoding, the product and the
-    addition into the sum), a key switch (a rotation or a relinearisation) ``key_switch +
-    key_switch_square * level`` per unit, since SEAL splits a ciphertext at ``level`` into
-    ``level`` parts, each lifted to ``level + 1`` primes. ``round_seconds`` and ``bytes_per_second``
-    describe the link between client and server."""
-
-    round_seconds: float = 0.05
-    bytes_per_second: float = 12.5e6
-    pt_mult: float = 3.3e-4
-    key_switch: float = 8.0e-4
-    key_switch_square: float = 1.2e-4
-    decrypt: float = 2.5e-3
-    encrypt: float = 3.5e-3
-
-    def step_seconds(self, n: int, level: int, ct_ct_mults: int, pt_mults: int, rotations: int) -> float:
-        """One step's operations on a ciphertext at ``level`` (its input level)."""
-        unit = n / 8192 * level
-        return unit * (self.pt_mult * pt_mults + (self.key_switch + self.key_switch_square * level)
-                       * (ct_ct_mults + rotations))
-
-    def refresh_seconds(self, n: int, live: int, mask_level: int, top: int) -> float:
-        """One round for ``live`` ciphertexts: latency, bytes both ways, client work."""
-        down, up = refresh_bytes(n, live, mask_level, top)
-        client = live * n / 8192 * (self.decrypt * mask_level + self.encrypt * top)
-        server = live * n / 8192 * self.pt_mult * (mask_level + top)  # mask and unmask
-        return self.round_seconds + (down + up) / self.bytes_per_second + client + server
 
 
 def refresh_bytes(n: int, live: int, mask_level: int, top: int) -> tuple[int, int]:
@@ -175,30 +133,6 @@ def leakage_bound(sigma: int) -> str:
             f"of a distribution independent of v and of the server's CKKS noise")
 
 
-def shortest_cuts(count: int, edge: Callable[[int, int], float | None]) -> tuple[list[int], float]:
-    """Cheapest way from position ``0`` to ``count`` through cut positions: ``edge(c, p)`` is
-    the cost of the segment ``[c, p)`` plus the refresh at ``p`` (``p < count``), ``None`` if
-    infeasible. Dynamic programming over positions in order (a shortest path in a DAG).
-    Returns the cut positions and the total cost; raises ``ValueError`` if no path exists."""
-    best: list[float] = [0.0] + [math.inf] * count
-    previous = [-1] * (count + 1)
-    for p in range(1, count + 1):
-        for c in range(p):
-            if best[c] == math.inf:
-                continue
-            cost = edge(c, p)
-            if cost is not None and best[c] + cost < best[p]:
-                best[p], previous[p] = best[c] + cost, c
-    if best[count] == math.inf:
-        raise ValueError("no placement of refresh points makes every segment fit")
-    cuts, p = [], previous[count]
-    while p > 0:
-        cuts.append(p)
-        p = previous[p]
-    return cuts[::-1], best[count]
-
-
-# ---- server side --------------------------------------------------------------------------
 def secure_uniform(count: int) -> np.ndarray:
     """``count`` floats uniform in ``[-1, 1)`` from the operating system's CSPRNG (53 bits)."""
     words = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> np.uint64(11)

@@ -8,9 +8,9 @@ Between rounds the server keeps only ciphertexts and its own random masks.
 from __future__ import annotations
 
 from collections import OrderedDict
-from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from itertools import islice
+from multiprocessing.connection import Connection
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -18,12 +18,12 @@ import tenseal.sealapi as sa
 from polyact.ir.graph import INPUT
 
 from ..eval.ckks import Engine
-from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
-from .plan import Plan
-from .keys import install_keys, key_fingerprint, load_public_context
-from ..eval.steps import AffineStep
 from ..eval.rotations import GIANT_RUNS
 from ..eval.runner import PlaintextCache, Runner, Values
+from ..eval.steps import AffineStep
+from .client import CIPHERTEXTS, KEY_FIELD, RESULTS, layout_header
+from .keys import install_keys, key_fingerprint, load_public_context
+from .plan import Plan
 from .refresh import REPLY_KIND, REQUEST_KIND, check_count, flood, mask, new_token, unmask
 from .serialization import PayloadError, pack, seal_from_bytes, seal_to_bytes, unpack
 from .workers import READY, Partner

@@ -25,8 +25,8 @@ from typing import Callable
 
 import tenseal.sealapi as sa
 
-from ..eval.steps import AffineStep
 from ..eval.runner import Values
+from ..eval.steps import AffineStep
 from .serialization import pack, seal_from_bytes, seal_to_bytes, unpack
 
 REQUEST_KIND = "partner request"

@@ -40,15 +40,15 @@ from dataclasses import dataclass
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from .auth import Tokens
-from ..protocol.bundle import ServerBundle
-from ..protocol.plan import Plan
-from ..protocol.keys import SecretKeyRefused
 from ..eval.runner import PlaintextCache
-from .memory import evaluation_bytes, release_memory, rss_bytes, session_bytes, upload_bytes
+from ..protocol.bundle import ServerBundle
+from ..protocol.keys import SecretKeyRefused
+from ..protocol.plan import Plan
 from ..protocol.refresh import message_kind
 from ..protocol.serialization import PayloadError
 from ..protocol.server import Server
+from .auth import Tokens
+from .memory import evaluation_bytes, release_memory, rss_bytes, session_bytes, upload_bytes
 
 OCTETS = "application/octet-stream"
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..activations.elementwise import module_breakpoints, module_name
 from ..activations.fixed import activation_breakpoints
 from ..activations.registry import get_activation
-from ..activations.elementwise import module_breakpoints, module_name
 
 
 @dataclass(frozen=True)

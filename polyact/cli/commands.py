@@ -124,9 +124,9 @@ def _is_torchscript(path: str) -> bool:
 def _load_data_and_model(args: argparse.Namespace):
     import torch
 
+    from ..convert.storage import file_format, load_model, load_pann
     from ..data import load_dataset
     from ..models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
-    from ..convert.storage import file_format, load_model, load_pann
     from ..train.loop import evaluate, train_classifier
 
     data = load_dataset(args.dataset)
@@ -294,10 +294,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ..nn.poly_act import OutOfRangeWarning, out_of_range_fraction, polyact_layers
     from ..convert.storage import save_model, save_pann
-    from ..train.robust import robust_finetune
+    from ..nn.poly_act import OutOfRangeWarning, out_of_range_fraction, polyact_layers
     from ..train.loop import evaluate
+    from ..train.robust import robust_finetune
 
     data, model = _load_data_and_model(args)
     targets = {k: getattr(args, k) for k in ("degree", "bits", "alpha", "tolerance")}

@@ -26,8 +26,8 @@ from ..models import build_model
 from ..nn.poly_act import OutOfRangeWarning, polyact_layers
 from ..plots import plot_fit, plot_latency, plot_tradeoff
 from ..tradeoff import TradeoffRow, measure, sweep
-from ..train.robust import RobustConfig, robust_finetune
 from ..train.loop import predict, train_classifier
+from ..train.robust import RobustConfig, robust_finetune
 
 
 @dataclass

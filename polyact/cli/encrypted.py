@@ -202,8 +202,8 @@ def add_serve(sub, command) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from he_backend.service.auth import Tokens
     from he_backend.service.app import ServiceLimits, create_app
+    from he_backend.service.auth import Tokens
 
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("HTTPS needs both --ssl-certfile and --ssl-keyfile")

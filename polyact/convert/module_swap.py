@@ -11,8 +11,8 @@ from torch.overrides import TorchFunctionMode
 from ..activations import elementwise
 from ..nn.maxpool import PolyMaxPool
 from ..nn.sites import ActivationSlot, CallSites, reset_call_sites
-from .supported_ops import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, MAXPOOL_MODULES, describe
 from .sites import Site, Structure, UnsupportedOperationError, target_name
+from .supported_ops import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, MAXPOOL_MODULES, describe
 from .tracing import maxpool_sites, pool_note, pooled_module
 
 

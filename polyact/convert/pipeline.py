@@ -14,10 +14,10 @@ The result is an ordinary ``nn.Module`` plus a :class:`~polyact.convert.report.C
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
 import copy
 import functools
 import warnings
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, Union
 
 import numpy as np
@@ -25,23 +25,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import ActivationStats, RangeObserver, choose_interval, observed_range
+from ..activations.elementwise import channel_slopes, prelu_channel
 from ..approx.composite import PRODUCT_OF
-from ..data import Dataset
 from ..approx.fitting import fit, fit_to_tolerance
+from ..approx.polynomials import ChebPoly, Polynomial
+from ..approx.targets import Target, as_target
+from ..data import Dataset
 from ..ir.graph import LoweringError
 from ..ir.lower import lower
 from ..models import FACTORY_ATTR
 from ..nn.poly_act import PolyAct
-from ..approx.polynomials import ChebPoly, Polynomial
-from .report import ConversionReport, LayerReport
 from ..nn.sites import ActivationSlot
-from .module_swap import FunctionalCallDetector, guard_slots
-from .sites import Site, Structure, UnsupportedOperationError, install
+from .calibration import ActivationStats, RangeObserver, choose_interval, observed_range
 from .call_sites import prepare_structure
+from .module_swap import FunctionalCallDetector, guard_slots
+from .report import ConversionReport, LayerReport
+from .sites import Site, Structure, UnsupportedOperationError, install
 from .storage import INPUT_SHAPE_ATTR, STRUCTURE_ATTR
-from ..activations.elementwise import channel_slopes, prelu_channel
-from ..approx.targets import Target, as_target
 
 DEFAULT_MAXPOOL_ALPHA = 5.0
 

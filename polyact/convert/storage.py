@@ -20,8 +20,8 @@ from torch import nn
 
 from ..models import FACTORY_ATTR, resolve_factory
 from ..nn.poly_act import PolyAct, polyact_layers
-from .sites import install
 from .call_sites import prepare_structure
+from .sites import install
 
 PANN_FORMAT = "polyact-pann/1"
 MODEL_FORMAT = "polyact-model/1"

@@ -17,6 +17,7 @@ from ..nn.maxpool import PolyMaxPool
 from ..nn.poly_act import PolyAct
 from ..nn.sites import CallSites, FunctionActivation
 from ..nn.tracing import LeafTracer
+from .sites import Site, Structure, UnsupportedOperationError, target_name
 from .supported_ops import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
@@ -29,7 +30,6 @@ from .supported_ops import (
     hint_for,
     is_constant_divisor,
 )
-from .sites import Site, Structure, UnsupportedOperationError, target_name
 
 MAXPOOL_CHOICES = ("poly", "avg", "error")
 MAXPOOL_HINT = ("use maxpool='poly' (max(a, b) = (a + b)/2 + |a - b|/2 with a composite |x|, exact up to "

@@ -15,9 +15,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from . import linear_maps
 from ..nn.poly_act import PolyAct
 from ..nn.tracing import LeafTracer
+from . import linear_maps
 from .graph import INPUT, AffineNode, LoweringError, Node, PolyGraph, PolyNode
 
 SQUARE_SHIFT_LIMIT = 8.0

@@ -51,16 +51,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert.calibration import choose_interval
 from ..approx.composite import PRODUCT_OF
+from ..convert.calibration import choose_interval
+from ..convert.call_sites import prepare_structure
 from ..convert.pipeline import calibrate, convert
+from ..convert.report import ConversionReport
+from ..convert.sites import install
+from ..convert.storage import copy_metadata
 from ..data import Dataset
 from ..nn.poly_act import polyact_layers
-from ..convert.report import ConversionReport
 from ..nn.sites import ActivationSlot
-from ..convert.sites import install
-from ..convert.call_sites import prepare_structure
-from ..convert.storage import copy_metadata
 from .loop import evaluate, train_classifier
 
 PERTURBATIONS = ("polynomial", "noise", "worst_case", None)

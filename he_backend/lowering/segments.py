@@ -1,29 +1,95 @@
 """Segments of a plan: levels with refresh points, live values, value bounds and the placement
-of the refresh points (see :mod:`he_backend.protocol.refresh` for the protocol and the cost model).
+of the refresh points (see :mod:`he_backend.protocol.refresh` for the protocol).
 
 The steps run in list order; a *cut* at position ``p`` refreshes, before ``steps[p]``, every
 value produced earlier and used at or after ``p`` (residual skips included): its *live* values.
 After a cut those values restart at the top level, so the levels of a segment depend only on
 where it starts, and the cheapest placement is a shortest path over positions.
+
+The cost model (:class:`CostModel`) places the cuts and chooses how many levels a segment
+has. Seconds per ciphertext: every step's operations at the level it runs at
+(plaintext products ``~ N L``, key switching for ciphertext products and rotations
+``~ N L (a + b L)``), plus per round a latency, the bytes both ways over a
+bandwidth (down: ``2 N L_mask 8`` bytes per live value; up: ``N L_top 8``, seeded) and the
+client's decryption and encryption. Placing the cuts is a shortest path over the positions of the
+step list (:func:`shortest_cuts`), as Orion places bootstraps: ``O(n^2)`` segments, each checked
+and costed in ``O(n)``.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
 from polyact.ir.graph import INPUT
 
-from .eval.steps import AffineStep, PolyStep
-from .eval.steps import poly_values
-from .eval.params import CkksParams
-from .protocol.refresh import CostModel, Cut, MaskPolicy, mask_level, shortest_cuts
+from ..eval.params import CkksParams
+from ..eval.steps import AffineStep, PolyStep, poly_values
+from ..protocol.refresh import Cut, MaskPolicy, mask_level, refresh_bytes
 
 Step = AffineStep | PolyStep
 GRID = 257  # points of [-1, 1] on which polynomial outputs are bounded
 
 
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per ciphertext, for placing refresh points and choosing the segment length.
+    Operation constants are seconds per ``(N / 8192) * level`` (``key_switch_square``: per
+    ``(N / 8192) * level^2``) measured on a 2-core machine with SEAL at N = 8192 to 32768 and
+    levels 3 to 20: a plaintext product costs ``pt_mult`` (its encoding, the product and the
+    addition into the sum), a key switch (a rotation or a relinearisation) ``key_switch +
+    key_switch_square * level`` per unit, since SEAL splits a ciphertext at ``level`` into
+    ``level`` parts, each lifted to ``level + 1`` primes. ``round_seconds`` and ``bytes_per_second``
+    describe the link between client and server."""
+
+    round_seconds: float = 0.05
+    bytes_per_second: float = 12.5e6
+    pt_mult: float = 3.3e-4
+    key_switch: float = 8.0e-4
+    key_switch_square: float = 1.2e-4
+    decrypt: float = 2.5e-3
+    encrypt: float = 3.5e-3
+
+    def step_seconds(self, n: int, level: int, ct_ct_mults: int, pt_mults: int, rotations: int) -> float:
+        """One step's operations on a ciphertext at ``level`` (its input level)."""
+        unit = n / 8192 * level
+        return unit * (self.pt_mult * pt_mults + (self.key_switch + self.key_switch_square * level)
+                       * (ct_ct_mults + rotations))
+
+    def refresh_seconds(self, n: int, live: int, mask_level: int, top: int) -> float:
+        """One round for ``live`` ciphertexts: latency, bytes both ways, client work."""
+        down, up = refresh_bytes(n, live, mask_level, top)
+        client = live * n / 8192 * (self.decrypt * mask_level + self.encrypt * top)
+        server = live * n / 8192 * self.pt_mult * (mask_level + top)  # mask and unmask
+        return self.round_seconds + (down + up) / self.bytes_per_second + client + server
+
+
+def shortest_cuts(count: int, edge: Callable[[int, int], float | None]) -> tuple[list[int], float]:
+    """Cheapest way from position ``0`` to ``count`` through cut positions: ``edge(c, p)`` is
+    the cost of the segment ``[c, p)`` plus the refresh at ``p`` (``p < count``), ``None`` if
+    infeasible. Dynamic programming over positions in order (a shortest path in a DAG).
+    Returns the cut positions and the total cost; raises ``ValueError`` if no path exists."""
+    best: list[float] = [0.0] + [math.inf] * count
+    previous = [-1] * (count + 1)
+    for p in range(1, count + 1):
+        for c in range(p):
+            if best[c] == math.inf:
+                continue
+            cost = edge(c, p)
+            if cost is not None and best[c] + cost < best[p]:
+                best[p], previous[p] = best[c] + cost, c
+    if best[count] == math.inf:
+        raise ValueError("no placement of refresh points makes every segment fit")
+    cuts, p = [], previous[count]
+    while p > 0:
+        cuts.append(p)
+        p = previous[p]
+    return cuts[::-1], best[count]
+
+
+# ---- server side --------------------------------------------------------------------------
 def sources_of(step: Step) -> list[str]:
     return list(step.sources) if isinstance(step, AffineStep) else [step.source]
 
@@ -103,7 +169,7 @@ def candidate_cut(live: set[str], position: int, root: Mapping[str, str],
 def place_cuts(steps: Sequence[Step], output: str, params: CkksParams, budget: int, bounds: Mapping[str, float],
                policy: MaskPolicy, cost: CostModel, operations: Callable[[Step], tuple[int, int, int]],
                ciphertexts: Callable[[str], int]) -> tuple[list[Cut], float]:
-    """The cheapest refresh points (a shortest path, see :func:`he_backend.protocol.refresh.shortest_cuts`)
+    """The cheapest refresh points (a shortest path, see :func:`he_backend.lowering.segments.shortest_cuts`)
     such that every segment stays within ``budget`` levels below the top and every cut's live
     values are at or above its mask level, and their estimated seconds per ciphertext.
     ``operations(step)`` gives (ciphertext products, plaintext products, rotations) per

@@ -23,21 +23,20 @@ import numpy as np
 import scipy.sparse as sp
 from torch import nn
 
+from polyact.approx.polynomials import ChebPoly, CompositePoly
 from polyact.ir.graph import INPUT, AffineNode, PolyGraph, PolyNode, is_identity
 from polyact.ir.lower import lower
-from polyact.approx.polynomials import ChebPoly, CompositePoly
 
-from .eval.ckks import Engine
-from .eval.steps import AffineStep, PolyStep, ciphertext_count
-from .eval.steps import prepare_steps
-from .eval.rotations import KeySet
-from .lowering.layout import Layout, choose_layout, count_diagonals, row_aligned_input
-from .lowering.key_choice import best_baby, choose_keys
-from .eval.params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth, params_for
-from .protocol.refresh import CostModel, Cut, MaskPolicy
-from .protocol.plan import Plan
-from .protocol.plan_layout import input_period
-from .segments import place_cuts, reset_names, step_levels, value_bounds
+from ..eval.ckks import Engine
+from ..eval.params import MAX_LOG_Q, CkksParams, ParameterError, choose_params, max_depth, params_for
+from ..eval.rotations import KeySet
+from ..eval.steps import AffineStep, PolyStep, ciphertext_count, prepare_steps
+from ..protocol.plan import Plan
+from ..protocol.plan_layout import input_period
+from ..protocol.refresh import Cut, MaskPolicy
+from .key_choice import best_baby, choose_keys
+from .layout import Layout, choose_layout, count_diagonals, row_aligned_input
+from .segments import CostModel, place_cuts, reset_names, step_levels, value_bounds
 
 PACKINGS = ("sample", "batch")
 KEY_MEMORY_BUDGET = 2 << 30  # default bytes of Galois keys for one plan (about 9 keys at N = 32768, 20 primes)
