@@ -60,8 +60,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package's module type: importing the submodule ``polyact.fit`` (or ``polyact.convert``)
-    binds the package attribute ``fit`` to that module; keep the public function there instead."""
+    """The package's module type: importing the subpackage ``polyact.convert`` (say, for
+    ``polyact.convert.storage``) binds the package attribute ``convert`` to that subpackage; keep
+    the public function there instead."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{_EXPORTS.get(name)}":

@@ -80,7 +80,7 @@ def test_home_page_renders_with_its_plot(site, tmp_path):
 
 
 def test_api_page_renders_signatures_from_the_docstrings(site, tmp_path):
-    dom = render(site, "api/fit/index.html", tmp_path)
+    dom = render(site, "api/approx/index.html", tmp_path)
     heading = dom.find(id="polyact.approx.fitting.fit")
     assert heading is not None
     signatures = ["".join(s.get_text().split()).replace('"', "'") for s in dom.select(".doc-signature")]

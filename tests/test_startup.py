@@ -70,8 +70,8 @@ def test_every_public_name_is_the_object_of_its_module(name):
 
 @pytest.mark.slow  # a fresh interpreter importing torch: seconds
 def test_importing_a_submodule_first_keeps_the_function_of_the_same_name():
-    # polyact.tradeoff imports the submodules polyact.convert and polyact.fit, which Python binds
-    # as package attributes; the public names must stay the functions
+    # polyact.tradeoff imports the subpackage polyact.convert, which Python binds as a package
+    # attribute; the public names must stay the functions
     out = _fresh("import polyact.tradeoff, polyact\n"
                  "from polyact import convert\n"
                  "print(callable(polyact.fit), callable(polyact.convert), callable(convert))")
