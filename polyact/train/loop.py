@@ -68,7 +68,7 @@ def train_classifier(
     ``lambda ~ Beta(mixup, mixup)``. ``extra_loss()`` is added to each batch's loss after the
     forward pass (e.g. a range penalty collected by hooks). ``perturb(loss_of)``, if given, is
     called before each batch's forward pass with a function computing that batch's loss (it may
-    run it to choose worst-case perturbations, see :class:`polyact.train.WorstCasePerturbation`). Batches with a non-finite loss are
+    run it to choose worst-case perturbations, see :class:`polyact.train.robust.WorstCasePerturbation`). Batches with a non-finite loss are
     skipped; too many of them raise ``RuntimeError``.
     """
     torch.manual_seed(seed)
