@@ -96,7 +96,7 @@ def test_polyact_train_reports_the_fraction_of_test_inputs_outside(digits, monke
     def finetuned(*args, **kwargs):
         return RobustResult(pann, report, [])
 
-    monkeypatch.setattr(polyact.train, "robust_finetune", finetuned)
+    monkeypatch.setattr(polyact.train.robust, "robust_finetune", finetuned)
     assert main(["train", "--model", "mlp", "--epochs", "1", "--degree", "3", "--json"]) == 0
     expected = (digits.x_test > 0.5).double().mean().item()  # pixels are k/16; ReLU sees them directly
     assert 0.05 < expected < 0.5
@@ -159,7 +159,7 @@ class TrainingSpy:
 @pytest.mark.parametrize("progressive, stages", [(None, 1), ("layers", 2), ("degree", 3)])
 def test_robust_training_penalises_clamps_and_carries_weights_between_stages(monkeypatch, progressive, stages):
     spy = TrainingSpy(penalty_weight=2.5)
-    monkeypatch.setattr(polyact.train, "train_classifier", spy)
+    monkeypatch.setattr(polyact.train.robust, "train_classifier", spy)
     model = _two_activation_model()
     result = robust_finetune(model, _robust_data(), degree=3, range_penalty=2.5, progressive=progressive, epochs=6)
     assert len(spy.entering) == len(result.stages) == stages
@@ -180,7 +180,7 @@ def test_fine_tuning_a_pann_penalises_and_clamps_too(monkeypatch):
     model = _two_activation_model()
     pann, _ = convert(model, _robust_data().x_train, degree=3)
     spy = TrainingSpy(penalty_weight=1.0)
-    monkeypatch.setattr(polyact.train, "train_classifier", spy)
+    monkeypatch.setattr(polyact.train.robust, "train_classifier", spy)
     robust_finetune(pann, _robust_data(), epochs=1)
     assert len(spy.penalties) == 1
 
