@@ -18,6 +18,12 @@ in this process. This plugin only tells it the groups, through its ``isolated(gr
 
 In every process it checks the guarantee: a test of a second isolated group in the same process
 fails (as happens with ``--no-isolation``, with more than one group).
+
+Why not the others (tried with pytest 9.2): pytest-xdist keeps each worker for the whole run, so a
+worker's next group starts with the pool of its last (``--max-worker-restart`` only replaces
+crashed workers), a fresh worker collects the whole suite, and ``--dist loadgroup`` no longer
+groups (xdist 3.8 renames node ids, which pytest 9.2 ignores: xdist #1386); pytest-forked and
+pytest-isolate fork each test (module fixtures rebuilt per test) and fail every test on pytest 9.2.
 """
 from __future__ import annotations
 
