@@ -1,10 +1,11 @@
 """Shared fixtures: the digits data and small models trained once per session; the per-test peak
-RSS limit and report (:mod:`rss_monitor`).
+RSS limit and report (:mod:`rss_monitor`); the groups of tests, each run by pytest-isolated in a
+fresh interpreter (:mod:`isolation`).
 
-The data set and the trained models are also written to a folder shared with the isolated
-children (:mod:`isolation`, ``POLYACT_TEST_CACHE``), so each is computed once per run: a child
-loads the same tensors, weights and torch random state that training left in the process that
-computed them (training is deterministic: seeded, one thread)."""
+The data set and the trained models are also written to a folder shared with those children
+(``POLYACT_TEST_CACHE``, made by the main pytest process), so each is computed once per run: a
+child loads the same tensors, weights and torch random state that training left in the process
+that computed them (training is deterministic: seeded, one thread)."""
 import os
 import shutil
 import tempfile

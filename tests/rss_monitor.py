@@ -2,8 +2,15 @@
 
 The machine running the suite is small and shared, so a test that holds gigabytes can get the
 whole run killed by the kernel. For each test (setup, call and teardown together) the plugin
-records the peak RSS of this process plus all its descendants, fails a test whose peak exceeds
-the limit, and lists the heaviest tests in the terminal summary.
+records the peak RSS of the process running it plus all that process's descendants, fails a test
+whose peak exceeds the limit, and lists the heaviest tests in the terminal summary.
+
+Why our own: no maintained plugin does this. pytest-memray's ``limit_memory`` counts the heap
+allocations of the test function's call in this process only (no fixtures, no child processes:
+the notebook kernels, CLI runs, process pools and Ray workers that several tests start), and
+slows the run by tracing every allocation; pytest-isolate's ``--isolate-mem-limit`` is an
+``RLIMIT_DATA`` on a fork of each test (virtual size, per process: torch's reservations count,
+children do not). RSS of the whole process tree is what the kernel kills for.
 
 How a peak is attributed to a test (RSS is a process-wide, monotonic high-water mark):
 
@@ -14,12 +21,12 @@ How a peak is attributed to a test (RSS is a process-wide, monotonic high-water 
   caught by ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` rising (its largest waited-for child).
 
 The peak is the largest of: the process's high-water mark, the sampled tree total, and the
-process's RSS at the end plus the largest exited child. A child whose pid is in
-:data:`ACCOUNTED_ELSEWHERE` (an isolated run of :mod:`isolation`, which may work while other
-tests run here) is left out with its descendants; an isolated test's peak is the one its own
-interpreter measured (``item.rss_usage_in_child``), and the limit is applied there. Options: ``--max-rss-gb`` (default: the
-environment variable ``POLYACT_MAX_RSS_GB``, else the ``max_rss_gb`` ini value, else 4; 0 turns
-the limit off), ``--rss-top`` (how many tests the summary lists, default 10).
+process's RSS at the end plus the largest exited child. Under pytest-xdist each worker measures
+and limits its own tests (the workers are siblings, so one never counts another's memory) and
+sends each test's peak with its report (``user_properties``), from which the controller lists
+the heaviest. Options: ``--max-rss-gb`` (default: the environment variable
+``POLYACT_MAX_RSS_GB``, else the ``max_rss_gb`` ini value, else 4; 0 turns the limit off),
+``--rss-top`` (how many tests the summary lists, default 10).
 """
 from __future__ import annotations
 
@@ -34,9 +41,7 @@ import pytest
 GB = 1024**3
 DEFAULT_LIMIT_GB = 4.0
 CLEAR_REFS = "/proc/self/clear_refs"
-# pids of child processes whose trees measure themselves (tests/isolation.py's children, each with
-# its own monitor): left out of the tests that run here meanwhile
-ACCOUNTED_ELSEWHERE: set[int] = set()
+PEAK, CHILDREN = "rss_peak_bytes", "rss_children_bytes"  # the report's user_properties
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,18 +90,12 @@ def _largest_exited_child() -> int:
 
 
 def _tree_rss(process: psutil.Process) -> tuple[int, int]:
-    """RSS of ``process`` and the summed RSS of its live descendants, in bytes, leaving out the
-    process trees rooted at :data:`ACCOUNTED_ELSEWHERE`."""
+    """RSS of ``process`` and the summed RSS of its live descendants, in bytes."""
     own = process.memory_info().rss
     children = 0
-    stack = process.children()
-    while stack:
-        child = stack.pop()
-        if child.pid in ACCOUNTED_ELSEWHERE:
-            continue
+    for child in process.children(recursive=True):
         try:
             children += child.memory_info().rss
-            stack.extend(child.children())
         except psutil.Error:  # exited between listing and reading
             pass
     return own, children
@@ -114,7 +113,10 @@ class _Sampler:
         self._thread: threading.Thread | None = None
 
     def _sample(self) -> None:
-        own, children = _tree_rss(self.process)
+        try:
+            own, children = _tree_rss(self.process)
+        except psutil.Error:
+            return
         self.peak = max(self.peak, own + children)
         self.peak_children = max(self.peak_children, children)
 
@@ -151,13 +153,9 @@ class RssMonitor:
         self.limit = int(limit_gb * GB) if limit_gb > 0 else None
         self.top = top
         self.sampler = _Sampler(interval)
-        self.usage: dict[str, Usage] = {}
+        self.usage: dict[str, Usage] = {}  # by node id, from the reports (this process's or a worker's)
         self.resettable = _reset_high_water_mark()
-
-    def _begin(self) -> None:
-        self.resettable = self.resettable and _reset_high_water_mark()
         self.exited_before = _largest_exited_child()
-        self.sampler.start()
 
     def _current(self) -> Usage:
         """The peak so far in the running test."""
@@ -170,7 +168,9 @@ class RssMonitor:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
-        self._begin()
+        self.resettable = self.resettable and _reset_high_water_mark()
+        self.exited_before = _largest_exited_child()
+        self.sampler.start()
         try:
             return (yield)
         finally:
@@ -179,15 +179,8 @@ class RssMonitor:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
-        if getattr(item, "rss_checked_in_child", False):  # an isolated test (tests/isolation.py): its own
-            measured = getattr(item, "rss_usage_in_child", None)  # interpreter measures it and applies the limit
-            if measured is not None:
-                self.usage[item.nodeid] = Usage(*measured)
-            return report
         usage = self._current()
-        previous = self.usage.get(item.nodeid)
-        if previous is None or usage.peak > previous.peak:
-            self.usage[item.nodeid] = usage
+        report.user_properties += [(PEAK, usage.peak), (CHILDREN, usage.children)]
         if self.limit is not None and usage.peak > self.limit and report.passed and not hasattr(item, "_rss_failed"):
             item._rss_failed = True  # report the breach once, in the phase where it is first seen
             report.outcome = "failed"
@@ -197,6 +190,14 @@ class RssMonitor:
                 "(smaller data, models or CKKS parameters), or raise --max-rss-gb if the machine allows"
             )
         return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Keep each test's largest peak over its phases (reports of xdist's workers come here too)."""
+        properties = dict(p for p in report.user_properties if p[0] in (PEAK, CHILDREN))
+        if PEAK in properties:
+            previous = self.usage.get(report.nodeid)
+            if previous is None or properties[PEAK] > previous.peak:
+                self.usage[report.nodeid] = Usage(properties[PEAK], properties.get(CHILDREN, 0))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.usage or self.top <= 0:

@@ -1,18 +1,22 @@
-"""The isolation plugin (tests/isolation.py), on a tiny suite in a subprocess: tests marked
-``isolated`` run in another interpreter (one per module, or their own with ``alone=True``), their
-failures and skips come back as such, and unmarked tests run in the pytest process itself, first,
-while the children work; a child's memory is listed for its own tests, not for the ones here."""
+"""The isolation plugin (tests/isolation.py) over pytest-isolated, on tiny suites in a subprocess:
+each isolated group (a module's marked tests, or one test with ``alone=True``) runs in a fresh
+interpreter, the unmarked tests in one more, failures and skips come back per test with their
+tracebacks, a second isolated group in one process fails, a child's memory is listed for its own
+tests, and the groups that took longest in the previous run start first."""
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).parent
+# pytest-isolated tells its children by these (this test may run in one): not the nested runs'
+CHILD_VARIABLES = ("PYTEST_RUNNING_IN_SUBPROCESS", "PYTEST_SUBPROCESS_REPORT_PATH")
 
-SUITE = '''
+RECORD = '''
 import os
 
 import pytest
@@ -20,68 +24,109 @@ import pytest
 
 def _record(tag):
     with open(os.environ["PID_FILE"], "a") as f:
-        f.write(f"{tag} {os.getpid()}\\n")
+        f.write(f"{tag} {os.getpid()} {os.getppid()}\\n")
+'''
+
+SUITE = {
+    "test_one.py": RECORD + '''
+pytestmark = pytest.mark.isolated
 
 
-@pytest.mark.isolated
-def test_marked_one():
-    _record("one")
+def test_one_a():
+    _record("one_a")
 
 
-@pytest.mark.isolated
-def test_marked_two():
+def test_one_b():
+    _record("one_b")
+
+
+def test_one_failure():
+    _record("one_failure")
+    assert 1 + 1 == 3, "planted failure"
+
+
+def test_one_skip():
+    pytest.skip("nothing to do")
+''',
+    "test_two.py": RECORD + '''
+pytestmark = pytest.mark.isolated
+
+
+def test_two():
     _record("two")
 
 
 @pytest.mark.isolated(alone=True)
-def test_marked_alone():
+def test_two_alone():
     _record("alone")
-
-
-def test_unmarked_runs_here():
-    _record("here")
-
-
+''',
+    "test_three.py": RECORD + '''
 @pytest.mark.isolated
-def test_marked_failure():
-    assert 1 + 1 == 3, "planted failure"
+def test_three():
+    _record("three")
 
 
-@pytest.mark.isolated
-def test_marked_skip():
-    pytest.skip("nothing to do")
-'''
+def test_three_unmarked():
+    _record("unmarked")
+''',
+    "test_plain.py": RECORD + '''
+def test_plain():
+    _record("plain")
+''',
+}
 
 
-def test_marked_tests_run_in_fresh_interpreters_and_keep_their_outcome(tmp_path):
-    (tmp_path / "test_suite.py").write_text(SUITE)
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["isolation"]\n')
-    pids = tmp_path / "pids.txt"
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "PID_FILE": str(pids)}
-    env.pop("POLYACT_ISOLATION_REPORT", None)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_suite.py"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    output = done.stdout + done.stderr
-    outcomes = {name: outcome for outcome, name in
-                re.findall(r"^(PASSED|FAILED|SKIPPED)(?: \[\d+\])? test_suite\.py:{1,2}(?:\d+: )?(\w+)", output,
-                           re.MULTILINE)}
-    for name in ("test_marked_one", "test_marked_two", "test_marked_alone", "test_unmarked_runs_here"):
-        assert outcomes.get(name) == "PASSED", output
-    assert outcomes.get("test_marked_failure") == "FAILED" and "planted failure" in output, output
-    assert "1 failed, 4 passed, 1 skipped" in output, output
-    runs = dict(line.split() for line in pids.read_text().splitlines())
-    assert runs["one"] == runs["two"]  # one child for the module's isolated tests
-    assert len({runs["one"], runs["alone"], runs["here"]}) == 3  # alone: its own child; unmarked: here
-    assert done.returncode == 1
+def _run(tmp_path, *args, env=None, suite=SUITE):
+    for name, text in suite.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["rss_monitor", "isolation"]\n')
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(CHILD_VARIABLES)}
+    environment.update(PYTHONPATH=str(TESTS), PID_FILE=str(tmp_path / "pids.txt"), **(env or {}))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-rA", *args], cwd=tmp_path, env=environment,
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _outcomes(output):
+    """Outcome per test from pytest's ``-rA`` short summary."""
+    return {name: outcome for outcome, name in
+            re.findall(r"^(PASSED|FAILED|SKIPPED|ERROR)(?: \[\d+\])? test_\w+\.py:{1,2}(?:\d+: )?(\w+)", output,
+                       re.MULTILINE)}
+
+
+def test_each_isolated_group_runs_in_a_fresh_interpreter_and_keeps_its_outcomes(tmp_path):
+    code, output = _run(tmp_path, "-q", "-p", "no:cacheprovider", "--isolated-numprocesses", "2")
+    outcomes = _outcomes(output)
+    assert code == 1 and "1 failed, 7 passed, 1 skipped" in output, output
+    assert outcomes["test_one_failure"] == "FAILED" and "nothing to do" in output, output  # the skip and its reason
+    # the failure comes back with its traceback: the failing line and the assertion message
+    assert ">       assert 1 + 1 == 3, \"planted failure\"" in output and "AssertionError: planted failure" in output
+    records = [line.split() for line in (tmp_path / "pids.txt").read_text().splitlines()]
+    runs = {tag: pid for tag, pid, _ in records}
+    assert runs["one_a"] == runs["one_b"] == runs["one_failure"]  # a module's isolated tests share their process
+    assert runs["plain"] == runs["unmarked"]  # the unmarked tests share one
+    processes = {"one": runs["one_a"], "two": runs["two"], "alone": runs["alone"], "three": runs["three"],
+                 "unmarked": runs["plain"]}
+    assert len(set(processes.values())) == 5, runs  # and no other group runs there
+    main = str(os.getpid())  # started the main pytest process, whose children run the tests: none runs in it
+    assert all(parent != main for _, _, parent in records), records
+
+
+def test_without_fresh_interpreters_a_second_isolated_group_fails(tmp_path):
+    code, output = _run(tmp_path, "-q", "-p", "no:cacheprovider", "--no-isolation", "test_one.py", "test_two.py")
+    outcomes = _outcomes(output)
+    assert code == 1, output
+    assert outcomes["test_one_a"] == "PASSED" and outcomes["test_two"] == "ERROR", output
+    assert outcomes["test_two_alone"] == "ERROR", output
+    assert "isolation: test_two.py would run in the process that ran test_one.py" in output, output
 
 
 MB = 2**20
 HEAVY = 400 * MB
 
-# test_light (unmarked) runs in the pytest process, before test_heavy although it comes later,
-# while test_heavy's isolated child works: the child holds HEAVY bytes until test_light has seen
-# them, so the parent samples its own test while the child is resident; only test_heavy may be
-# listed with that memory.
+# the two tests run at once, in two children: test_heavy holds HEAVY bytes until test_light has seen
+# them, so the light test is measured while the other child is resident; only test_heavy may be
+# listed with that memory (measured in its child, listed by the main process)
 AHEAD = {
     "test_heavy.py": f'''
 import os, time
@@ -92,28 +137,28 @@ import pytest
 pytestmark = pytest.mark.isolated
 
 
-def test_child_holds_memory_while_the_parent_works():
+def test_child_holds_memory_while_the_other_works():
     block = bytearray({HEAVY})  # zero-filled: resident
     Path(os.environ["SIGNALS"], "held").write_text(str(os.getpid()))
     seen = Path(os.environ["SIGNALS"], "seen")
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while not seen.exists() and time.time() < deadline:
         time.sleep(0.05)
-    assert seen.exists(), "the unmarked test did not run while this child ran"
+    assert seen.exists(), "the light test did not run meanwhile"
 ''',
     "test_light.py": '''
 import os, time
 from pathlib import Path
 
 
-def test_parent_runs_meanwhile():
-    deadline = time.time() + 30
+def test_other_child_runs_meanwhile():
+    deadline = time.time() + 60
     held = Path(os.environ["SIGNALS"], "held")
     while not held.exists() and time.time() < deadline:
         time.sleep(0.05)
     try:
-        assert held.exists(), "the isolated child did not run while this test ran"
-        time.sleep(0.5)  # the RSS sampler runs many times while the child holds its memory
+        assert held.exists(), "the heavy test did not run meanwhile"
+        time.sleep(0.5)  # the RSS sampler runs many times while the other worker holds its memory
     finally:
         Path(os.environ["SIGNALS"], "seen").write_text("")
 ''',
@@ -126,21 +171,14 @@ def _heaviest(output):
 
 
 @pytest.mark.slow
-def test_children_run_ahead_and_their_memory_is_theirs(tmp_path):
-    for name, text in AHEAD.items():
-        (tmp_path / name).write_text(text)
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["rss_monitor", "isolation"]\n')
+def test_a_childs_memory_is_listed_for_its_own_tests(tmp_path):
     (tmp_path / "signals").mkdir()
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "SIGNALS": str(tmp_path / "signals")}
-    env.pop("POLYACT_ISOLATION_REPORT", None)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--isolated-jobs", "2",
-                           "--max-rss-gb", "0", "test_heavy.py", "test_light.py"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0 and "2 passed" in output, output
+    code, output = _run(tmp_path, "-q", "-p", "no:cacheprovider", "--isolated-numprocesses", "2",
+                        "--max-rss-gb", "0", env={"SIGNALS": str(tmp_path / "signals")}, suite=AHEAD)
+    assert code == 0 and "2 passed" in output, output
     peaks = _heaviest(output)
-    assert peaks["test_child_holds_memory_while_the_parent_works"] > HEAVY / 2**30, output  # measured in the child
-    assert peaks["test_parent_runs_meanwhile"] < 0.8 * HEAVY / 2**30, output  # the child's memory is not blamed here
+    assert peaks["test_child_holds_memory_while_the_other_works"] > HEAVY / 2**30, output
+    assert peaks["test_other_child_runs_meanwhile"] < 0.8 * HEAVY / 2**30, output
 
 
 ORDERED = '''
@@ -159,19 +197,22 @@ def test_run():
 
 
 @pytest.mark.slow
-def test_the_longest_child_of_the_previous_run_starts_first(tmp_path):
-    (tmp_path / "test_brief.py").write_text(ORDERED.format(seconds=0))
-    (tmp_path / "test_long.py").write_text(ORDERED.format(seconds=1.5))
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["isolation"]\n')
+def test_the_longest_group_of_the_previous_run_starts_first(tmp_path):
+    suite = {"test_brief.py": ORDERED.format(seconds=0), "test_long.py": ORDERED.format(seconds=1.5)}
     order = tmp_path / "order.txt"
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "ORDER_FILE": str(order)}
-    env.pop("POLYACT_ISOLATION_REPORT", None)
     runs = []
     for _ in range(2):  # the first run has no durations: test order; the second starts the long one first
-        done = subprocess.run([sys.executable, "-m", "pytest", "-v", "--isolated-jobs", "1"], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout + done.stderr
-        runs.append((order.read_text().split(), re.findall(r"^(test_\w+)\.py::test_run PASSED", done.stdout, re.M)))
+        code, output = _run(tmp_path, "-q", "--isolated-numprocesses", "1", env={"ORDER_FILE": str(order)},
+                            suite=suite)
+        assert code == 0, output
+        runs.append(order.read_text().split())
         order.unlink()
-    assert runs[0] == (["test_brief", "test_long"], ["test_brief", "test_long"])
-    assert runs[1] == (["test_long", "test_brief"], ["test_long", "test_brief"])  # and they report in that order
+    assert runs == [["test_brief", "test_long"], ["test_long", "test_brief"]]
+
+
+def test_the_suite_runs_its_groups_two_at_a_time():
+    """The README's plain ``python -m pytest`` runs the groups as above, two children at a time."""
+    options = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert options["isolated_numprocesses"] == "2" and float(options["isolated_timeout"]) >= 1800
+    conftest = (TESTS / "conftest.py").read_text()
+    assert re.search(r"pytest_plugins = \[.*\"isolation\"", conftest)

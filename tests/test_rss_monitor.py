@@ -1,6 +1,7 @@
 """The per-test peak RSS limit (tests/rss_monitor.py), run on tiny suites in a subprocess with a
-lowered limit: heavy tests fail whether the memory is in this process or in a child, a light test
-after a heavy one is not blamed for it, and the summary lists the heaviest."""
+lowered limit: heavy tests fail whether the memory is in the test's process or in a child, in the
+pytest process or in pytest-isolated's children, a light test after a heavy one is not blamed for it,
+and the summary lists the heaviest."""
 import os
 import re
 import subprocess
@@ -11,6 +12,8 @@ import pytest
 
 TESTS = Path(__file__).parent
 MB = 2**20
+# pytest-isolated tells its children by these (this test may run in one): not the nested runs'
+CHILD_VARIABLES = ("PYTEST_RUNNING_IN_SUBPROCESS", "PYTEST_SUBPROCESS_REPORT_PATH")
 
 SUITE = f'''
 import subprocess, sys, time
@@ -45,7 +48,7 @@ def test_live_child_allocates():
 
 def _run(tmp_path, *args, env=None):
     (tmp_path / "test_suite.py").write_text(SUITE)
-    environment = {k: v for k, v in os.environ.items() if k != "POLYACT_MAX_RSS_GB"}
+    environment = {k: v for k, v in os.environ.items() if k != "POLYACT_MAX_RSS_GB" and not k.startswith(CHILD_VARIABLES)}
     environment.update(PYTHONPATH=str(TESTS), **(env or {}))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "rss_monitor", "-p", "no:cacheprovider", "-rA", "-q",
@@ -66,8 +69,9 @@ def _peaks(output):
             re.findall(r"^\s*([\d.]+) GiB\s+\(children\s+([\d.]+)\)\s+test_suite\.py::(\w+)", output, re.MULTILINE)}
 
 
-def test_tests_over_the_limit_fail_and_the_summary_lists_them(tmp_path):
-    code, output = _run(tmp_path, "--max-rss-gb", "0.3")
+@pytest.mark.parametrize("isolated", [[], ["--isolated"]])  # here; each in a child, listed here
+def test_tests_over_the_limit_fail_and_the_summary_lists_them(tmp_path, isolated):
+    code, output = _run(tmp_path, "--max-rss-gb", "0.3", *isolated)
     outcomes = _outcomes(output)
     assert code == 1, output
     assert outcomes == {"test_allocates_and_frees_at_once": "FAILED", "test_light_after_heavy": "PASSED",
