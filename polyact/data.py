@@ -8,8 +8,11 @@ Every loader returns a :class:`Dataset` of float32 tensors: images as ``(N, C, H
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import pickle
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,9 +145,12 @@ def read_idx(path: str | Path) -> np.ndarray:
         if len(header) != 4 or header[:2] != b"\x00\x00" or header[2] not in dtypes:
             raise ValueError(f"{path} is not an IDX file (bad magic number {header!r})")
         ndim = header[3]
-        shape = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
+        dims = fh.read(4 * ndim)
+        if len(dims) != 4 * ndim:
+            raise ValueError(f"{path} is truncated: its header announces {ndim} dimensions, the file ends first")
+        shape = struct.unpack(f">{ndim}I", dims)
         data = np.frombuffer(fh.read(), dtype=dtypes[header[2]])
-    if data.size != int(np.prod(shape)):
+    if data.size != math.prod(shape):
         raise ValueError(f"{path}: header says shape {shape} but the file holds {data.size} values")
     return data.reshape(shape)
 
@@ -176,10 +182,65 @@ def mnist(folder: str | Path, name: str = "mnist") -> Dataset:
     return Dataset(name, *parts["train"], *parts["test"])
 
 
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
+
+
+def _latin1(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as pickle protocol 2 uses it for bytes (``latin1`` only)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"it encodes bytes with {encoding!r}, not latin1")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10's Python batches without running code: the only globals it resolves are
+    numpy's array reconstructors, ``ndarray``, ``dtype`` and protocol 2's latin-1 bytes; anything
+    else a file names (a function to call, a class to build) is refused before it is looked up."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+               ("numpy.core.numeric", "_frombuffer"): _frombuffer, ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never holds")
+        return self.ALLOWED[module, name]
+
+
+def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(n, 3, 32, 32)`` uint8 and labels of one pickled CIFAR-10 batch, read with a
+    restricted unpickler (dicts, lists, bytes, strings, numbers and plain numpy arrays only:
+    nothing in the file can run code)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            batch = _CifarUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError, struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a CIFAR-10 Python batch ({type(exc).__name__}: {exc}); use the original "
+                         "files from the CIFAR-10 site, or the binary version (data_batch_*.bin)") from exc
+    if not isinstance(batch, dict) or not {b"data", b"labels"} <= set(batch):
+        found = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{path}: a CIFAR-10 batch is a dict with b'data' and b'labels', found {found}")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise ValueError(f"{path}: field b'data' must be a uint8 array of shape (n, 3072), got "
+                         f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(type(v) is int and 0 <= v < 256 for v in labels)):
+        raise ValueError(f"{path}: field b'labels' must be a list of {len(data)} class numbers")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
 def cifar10(folder: str | Path) -> Dataset:
     """CIFAR-10 from ``folder``: the binary version (``data_batch_1.bin`` .. ``_5.bin``,
     ``test_batch.bin``; records of 1 label byte + 3072 pixel bytes) or the Python version
-    (pickled ``data_batch_1`` .. ``_5``, ``test_batch``; only load files you trust)."""
+    (pickled ``data_batch_1`` .. ``_5``, ``test_batch``, read by :func:`read_cifar_batch`, which
+    runs no code from the files)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder with CIFAR-10 batches")
@@ -192,13 +253,8 @@ def cifar10(folder: str | Path) -> Dataset:
         return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0]
 
     def python(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
-        for p in paths:
-            with open(p, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[b"labels"]))
-        return np.concatenate(xs), np.concatenate(ys)
+        batches = [read_cifar_batch(p) for p in paths]
+        return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
     train_bin = sorted(folder.glob("data_batch_*.bin"))
     if train_bin:
@@ -216,11 +272,12 @@ def cifar10(folder: str | Path) -> Dataset:
 def load_npz(path: str | Path) -> Dataset:
     """A data set saved as ``.npz`` with arrays ``x_train, y_train, x_test, y_test``."""
     path = Path(path)
-    with np.load(path) as archive:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
-        if missing:
-            raise ValueError(f"{path} lacks arrays {sorted(missing)}; save x_train, y_train, x_test, y_test")
-        arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    arrays = read_npz(path.read_bytes(), str(path))
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path} lacks arrays {sorted(missing)}; save x_train, y_train, x_test, y_test")
     return Dataset(
         path.stem,
         torch.tensor(arrays["x_train"], dtype=torch.float32),
@@ -228,6 +285,45 @@ def load_npz(path: str | Path) -> Dataset:
         torch.tensor(arrays["x_test"], dtype=torch.float32),
         torch.tensor(arrays["y_test"], dtype=torch.int64),
     )
+
+
+def read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive held in ``data`` (no pickles), checked before any is
+    allocated: every array's declared shape and dtype must match the bytes its zip member holds,
+    and no member may declare more bytes than ``64 x len(data)`` (a compressed bomb). Anything
+    else raises ``ValueError`` naming ``what`` and the array."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{what} is not a readable .npz archive ({exc}); write it again with numpy.savez") from exc
+    arrays = {}
+    for member in members:
+        name = member.filename.removesuffix(".npy")
+        try:
+            if member.file_size > 64 * max(len(data), 1 << 20):
+                raise ValueError(f"declares {member.file_size} bytes in a {len(data)}-byte file")
+            with archive.open(member) as fh:
+                readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                version = np.lib.format.read_magic(fh)
+                if version not in readers:
+                    raise ValueError(f"has .npy format version {version}, not 1.0 or 2.0")
+                shape, fortran, dtype = readers[version](fh)
+                if dtype.hasobject:
+                    raise ValueError("holds Python objects (pickles), which are never loaded")
+                body = member.file_size - fh.tell()
+                if math.prod(shape) * dtype.itemsize != body:
+                    raise ValueError(f"declares shape {shape} of {dtype} ({math.prod(shape) * dtype.itemsize} bytes) "
+                                     f"but holds {body} bytes")
+                raw = fh.read(body)
+            if len(raw) != body:
+                raise ValueError(f"is truncated ({len(raw)} of {body} bytes)")
+            array = np.frombuffer(raw, dtype=dtype)
+            arrays[name] = (array.reshape(shape[::-1]).T if fortran else array.reshape(shape)).copy()
+        except (ValueError, TypeError, OverflowError, EOFError, OSError, zipfile.BadZipFile, SyntaxError,
+                RecursionError, MemoryError, NotImplementedError) as exc:
+            raise ValueError(f"{what}: array {name!r} {exc}; write the file again with numpy.savez") from exc
+    return arrays
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}

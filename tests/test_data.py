@@ -153,3 +153,83 @@ def test_digits32_is_much_harder_than_digits_for_a_plain_linear_model():
     easy, hard = _ridge_accuracy(data.digits()), _ridge_accuracy(data.digits32(copies=1))
     assert easy > 0.9
     assert hard < 0.5  # random colour, scale and shift defeat a linear read-out of the pixels
+
+
+class _RunsCode:
+    """Pickles as a call of ``os.system``: what a crafted CIFAR-10 batch can hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["whole", "labels", "data"])
+def test_a_crafted_cifar_batch_runs_no_code(tmp_path, where):
+    # planted: pickle.load instead of the restricted unpickler -> the marker file appears
+    marker = tmp_path / "pwned"
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}
+    crafted = _RunsCode(marker) if where == "whole" else {**batch, where.encode(): _RunsCode(marker)}
+    for name in ("data_batch_1", "test_batch"):
+        with open(tmp_path / name, "wb") as fh:
+            pickle.dump(crafted, fh, protocol=2)
+    with pytest.raises(ValueError, match=r"data_batch_1.*posix.system|data_batch_1.*os.system"):
+        data.cifar10(tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol_read(tmp_path, protocol):
+    # planted: only numpy.core's _reconstruct allowed -> protocol 5 (numpy's _frombuffer) is refused
+    pixels = np.arange(2 * 3072, dtype=np.uint64).astype(np.uint8).reshape(2, 3072)
+    for name in ("data_batch_1", "test_batch"):
+        with open(tmp_path / name, "wb") as fh:
+            pickle.dump({b"data": pixels, b"labels": [7, 2], b"filenames": [b"a.png", b"b.png"]}, fh, protocol=protocol)
+    ds = data.cifar10(tmp_path)
+    np.testing.assert_array_equal(ds.x_train.numpy().reshape(2, 3072) * 255, pixels.astype(np.float32))
+    np.testing.assert_array_equal(ds.y_test.numpy(), [7, 2])
+
+
+@pytest.mark.parametrize("batch, field", [({b"data": np.zeros((1, 5), np.uint8), b"labels": [0]}, "b'data'"),
+                                          ({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, "b'data'"),
+                                          ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "b'labels'"),
+                                          ({b"data": np.zeros((1, 3072), np.uint8), b"labels": ["x"]}, "b'labels'"),
+                                          ({b"labels": [0]}, "b'data'"), ([1, 2], "dict")])
+def test_malformed_cifar_batches_name_the_field(tmp_path, batch, field):
+    # planted: the field checks removed -> a reshape ValueError without the file, or wrong labels accepted
+    path = tmp_path / "data_batch_1"
+    with open(path, "wb") as fh:
+        pickle.dump(batch, fh)
+    with pytest.raises(ValueError, match=f"data_batch_1.*{field}" if field != "dict" else "data_batch_1.*a dict"):
+        data.read_cifar_batch(path)
+
+
+def test_npz_sizes_are_checked_before_allocation(tmp_path):
+    # planted: np.load -> a 2^48-byte array is allocated (MemoryError) from a 300-byte file
+    import io
+    import zipfile
+
+    path = tmp_path / "bomb.npz"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            member = io.BytesIO()
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (1 << 45,)})
+            archive.writestr(f"{name}.npy", member.getvalue() + bytes(32))
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match=r"bomb.npz: array 'x_train' declares shape \(35184372088832,\)"):
+        data.load_npz(path)
+    path.write_bytes(b"PK\x03\x04" + bytes(40))
+    with pytest.raises(ValueError, match="bomb.npz is not a readable .npz"):
+        data.load_npz(path)
+
+
+def test_a_truncated_idx_header_names_the_file(tmp_path):
+    # planted: no length check -> struct.error
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x03" + bytes(5))
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte is truncated"):
+        data.read_idx(path)
