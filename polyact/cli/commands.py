@@ -109,22 +109,10 @@ def _add_data_and_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _is_torchscript(path: str) -> bool:
-    import torch
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch deprecates TorchScript; we only recognise it
-            torch.jit.load(path, map_location="cpu")
-    except Exception:  # any failure means "not TorchScript"; the caller reports the real problem
-        return False
-    return True
-
-
 def _load_data_and_model(args: argparse.Namespace):
     import torch
 
-    from ..convert.storage import file_format, load_model, load_pann
+    from ..convert.storage import file_format, is_torchscript, load_model, load_pann
     from ..data import load_dataset
     from ..models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
     from ..train.loop import evaluate, train_classifier
@@ -136,6 +124,9 @@ def _load_data_and_model(args: argparse.Namespace):
         train_classifier(model, data, epochs=args.epochs, seed=args.seed, progress=True,
                          optimizer=getattr(args, "optimizer", "adamw"), lr=getattr(args, "lr", 3e-3),
                          weight_decay=getattr(args, "weight_decay", 0.0))
+    elif is_torchscript(args.model):  # told from the zip layout: TorchScript's code never runs
+        raise ValueError(f"{args.model} is TorchScript: its compiled code cannot be rewritten into a PANN (and is not "
+                         "read); save the state dict and give --factory package.module:function")
     else:
         try:
             kind = file_format(args.model)
@@ -147,9 +138,6 @@ def _load_data_and_model(args: argparse.Namespace):
                 model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
                 setattr(model, FACTORY_ATTR, (args.factory, kwargs))  # saved with the PANN
                 model.eval()
-            elif _is_torchscript(args.model):
-                raise ValueError(f"{args.model} is TorchScript: its compiled code cannot be rewritten into a PANN; "
-                                 "save the state dict and give --factory package.module:function") from exc
             else:
                 raise ValueError(f"{exc}; for a plain state dict give --factory package.module:function") from exc
         else:

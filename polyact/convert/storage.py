@@ -7,11 +7,19 @@ options and, when known, the factory that builds the original architecture. File
 A file's ``factory`` is a *name* of code. Loading imports only polyact's own factories
 (:data:`OWN_FACTORIES`) or a factory the caller names (``factory=`` / ``--factory``, or
 ``allow_factories=``); a file naming anything else is refused with :class:`UntrustedFactory`
-before anything is imported, so a crafted file cannot run code.
+before anything is imported, so a crafted file cannot run code. TorchScript archives (which hold
+code) are recognised from their zip layout and refused unread.
+
+Every field is checked before it is used: a malformed file raises :class:`CorruptFile` (a
+``ValueError``) naming the file, the field and what to do, never a raw exception. Sizes declared by
+a file are checked against the bytes it holds: a factory's keyword arguments may not build a model
+of more than twice the file's weights (plus :data:`SLACK_ELEMENTS`), nor list more entries than the
+file has tensors, and a file lists at most :data:`MAX_LAYERS` activation layers.
 """
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,8 +40,77 @@ OWN_FACTORIES = frozenset({"polyact.models:build_model", "polyact.models:MLP", "
                            "polyact.models:ResNet"})
 
 
+MAX_LAYERS = 10_000  # activation layers a PANN file may list
+SLACK_ELEMENTS = 1 << 20  # numbers a factory may allocate beyond twice the weights the file holds
+
+
 class UntrustedFactory(ValueError):
     """A file names a factory (code to import and call) that the caller did not allow."""
+
+
+class CorruptFile(ValueError):
+    """A polyact file with a missing or malformed field."""
+
+    def __init__(self, path: Path | str, field: str, problem: str, fix: str = "save the model again with polyact") -> None:
+        super().__init__(f"{path}: field {field!r} {problem}; {fix}")
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive, told from its zip layout (a ``constants.pkl`` or
+    ``code/`` entry) without loading anything: TorchScript holds code that runs when loaded."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def _json(payload: dict[str, Any], key: str, path: Path, kinds: tuple[type, ...], what: str,
+          default: str | None = None) -> Any:
+    """Field ``key`` of ``payload``: a JSON string decoding to one of ``kinds``."""
+    text = payload.get(key, default)
+    if not isinstance(text, str):
+        raise CorruptFile(path, key, f"must be a JSON string holding {what}, found {type(text).__name__}")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptFile(path, key, f"is not readable JSON ({type(exc).__name__})") from exc
+    if not isinstance(value, kinds):
+        raise CorruptFile(path, key, f"must hold {what}, found {type(value).__name__}")
+    return value
+
+
+def _state_dict(payload: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CorruptFile(path, "state_dict", "must map parameter names to tensors")
+    return state
+
+
+def _lists_within(value: Any, limit: int) -> bool:
+    """Whether every list in ``value`` (JSON) has at most ``limit`` entries."""
+    if isinstance(value, list):
+        return len(value) <= limit and all(_lists_within(v, limit) for v in value)
+    if isinstance(value, dict):
+        return all(_lists_within(v, limit) for v in value.values())
+    return True
+
+
+def _probe(make: Any, kwargs: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> None:
+    """Build the architecture on the meta device (no memory) and refuse one much larger than
+    the weights the file holds, before it is built for real."""
+    held = sum(t.numel() for t in state.values())
+    if not _lists_within(kwargs, max(len(state), 16)):
+        raise CorruptFile(path, "factory_kwargs", f"lists more entries than the file holds tensors ({len(state)})")
+    try:
+        with torch.device("meta"):
+            probe = make(**kwargs)
+        size = sum(t.numel() for t in probe.state_dict().values())
+    except Exception:  # noqa: BLE001 - the real build below reports what is wrong
+        return
+    if size > 2 * held + SLACK_ELEMENTS:
+        raise CorruptFile(path, "factory_kwargs", f"build a model of {size} numbers from a file holding {held}")
 
 
 def _factory_of(model: nn.Module, factory: str | None, factory_kwargs: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
@@ -67,11 +144,18 @@ def _build(payload: dict[str, Any], model: nn.Module | None, path: Path, factory
             f"{path} does not record how to build its architecture; pass model=<an instance of the "
             "original architecture> or factory='package.module:function' (--factory on the command line)"
         )
-    name = _trusted_factory(payload.get("factory"), factory, allow, path)
-    kwargs = json.loads(payload["factory_kwargs"])
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"{path} has corrupted factory arguments (expected a JSON object)")
-    model = resolve_factory(name)(**kwargs)
+    recorded = payload.get("factory")
+    if recorded is not None and not isinstance(recorded, str):
+        raise CorruptFile(path, "factory", f"must be 'package.module:function' or empty, found {type(recorded).__name__}")
+    name = _trusted_factory(recorded, factory, allow, path)
+    kwargs = _json(payload, "factory_kwargs", path, (dict,), "a JSON object of keyword arguments")
+    make = resolve_factory(name)
+    _probe(make, kwargs, _state_dict(payload, path), path)
+    try:
+        model = make(**kwargs)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError, ZeroDivisionError) as exc:
+        raise CorruptFile(path, "factory_kwargs", f"do not build a model with {name} ({type(exc).__name__}: {exc})",
+                          "pass the arguments the factory takes, or save the model again") from exc
     if not isinstance(model, nn.Module):
         raise ValueError(f"factory {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
     setattr(model, FACTORY_ATTR, (name, kwargs))
@@ -82,6 +166,9 @@ def _load(path: str | Path, expected: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    if is_torchscript(path):
+        raise ValueError(f"{path} is TorchScript, which holds code and is not read; its compiled code cannot be "
+                         "rewritten into a PANN: save the model's state dict and give --factory package.module:function")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's own message advises weights_only=False: unsafe, so not repeated
@@ -90,7 +177,16 @@ def _load(path: str | Path, expected: str) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != expected:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not a {expected} file (found {found!r})")
+    _state_dict(payload, Path(path))
     return payload
+
+
+def _load_state(model: nn.Module, payload: dict[str, Any], path: Path) -> None:
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise CorruptFile(path, "state_dict", f"does not fit the architecture ({str(exc)[:300]})",
+                          "load it with the architecture it was saved from") from exc
 
 
 def copy_metadata(source: nn.Module, target: nn.Module) -> nn.Module:
@@ -127,7 +223,7 @@ def load_model(path: str | Path, model: nn.Module | None = None, *, factory: str
     ``factory`` / ``allow_factories`` as in :func:`load_pann`)."""
     payload = _load(path, MODEL_FORMAT)
     model = _build(payload, model, Path(path), factory, allow_factories)
-    model.load_state_dict(payload["state_dict"])
+    _load_state(model, payload, Path(path))
     return model.eval()
 
 
@@ -168,22 +264,42 @@ def load_pann(path: str | Path, model: nn.Module | None = None, *, factory: str 
     :class:`UntrustedFactory`). The loaded PANN gives identical outputs to the saved one.
     """
     payload = _load(path, PANN_FORMAT)
-    layers = json.loads(payload["layers"])
-    options = json.loads(payload["structure"])
-    structure = prepare_structure(_build(payload, model, Path(path), factory, allow_factories), **options)
+    path = Path(path)
+    layers = _json(payload, "layers", path, (dict,), "a JSON object of activation layers")
+    if len(layers) > MAX_LAYERS or not all(isinstance(v, dict) for v in layers.values()):
+        raise CorruptFile(path, "layers", f"must map at most {MAX_LAYERS} layer names to polynomial specs")
+    options = _json(payload, "structure", path, (dict,), "a JSON object of conversion options")
+    input_shape = _json(payload, "input_shape", path, (list, type(None)), "a list of sizes or null")
+    if input_shape is not None and not (len(input_shape) <= 8 and all(type(n) is int and 0 < n < 1 << 24 for n in input_shape)):
+        raise CorruptFile(path, "input_shape", f"must list at most 8 positive sizes, found {str(input_shape)[:80]}")
+    input_range = _json(payload, "input_range", path, (list, type(None)), "[low, high] or null", default="null")
+    if input_range is not None and not (len(input_range) == 2 and all(type(v) in (int, float) for v in input_range)):
+        raise CorruptFile(path, "input_range", f"must be [low, high] or null, found {str(input_range)[:80]}")
+    built = _build(payload, model, path, factory, allow_factories)
+    try:
+        structure = prepare_structure(built, **options)
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise CorruptFile(path, "structure", f"holds options the conversion does not take ({type(exc).__name__}: {exc})") from exc
     names = {s.name for s in structure.sites}
     if names != set(layers):
         raise ValueError(
             f"{path} does not match this architecture: file has activation layers {sorted(layers)}, "
             f"the model has {sorted(names)}"
         )
-    install(structure, lambda site: PolyAct.from_spec(layers[site.name], name=site.name))
+    def layer(site: Any) -> PolyAct:
+        try:
+            return PolyAct.from_spec(layers[site.name], name=site.name)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise CorruptFile(path, "layers", f"holds a malformed polynomial for layer {site.name!r} "
+                                              f"({type(exc).__name__}: {exc})") from exc
+
+    install(structure, layer)
     pann = structure.model
-    pann.load_state_dict(payload["state_dict"])
-    name = factory or payload["factory"]
+    _load_state(pann, payload, path)
+    name = factory or payload.get("factory")
     if name:
-        setattr(pann, FACTORY_ATTR, (name, json.loads(payload["factory_kwargs"])))
+        setattr(pann, FACTORY_ATTR, (name, _json(payload, "factory_kwargs", path, (dict,), "a JSON object", "{}")))
     setattr(pann, STRUCTURE_ATTR, options)
-    setattr(pann, INPUT_SHAPE_ATTR, json.loads(payload["input_shape"]))
-    setattr(pann, INPUT_RANGE_ATTR, json.loads(payload.get("input_range", "null")))
+    setattr(pann, INPUT_SHAPE_ATTR, input_shape)
+    setattr(pann, INPUT_RANGE_ATTR, input_range)
     return pann.eval()
