@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..eval.runner import PlaintextCache
 from .client import Client
@@ -127,11 +127,19 @@ def is_bundle(path: str | Path) -> bool:
         return fh.read(len(MAGIC)) == MAGIC
 
 
+def _read_file(path: Path, parse: Callable[[bytes], Any]) -> Any:
+    """``parse`` of the file's bytes; a malformed file's :class:`PayloadError` names the file."""
+    try:
+        return parse(path.read_bytes())
+    except PayloadError as exc:
+        raise PayloadError(f"{path}: {exc}; compile the PANN again (polyact compile PANN --out FOLDER)") from exc
+
+
 def load_server_bundle(path: str | Path) -> ServerBundle:
     """The server bundle in ``path`` (a file, or a folder holding ``server.bundle``)."""
-    return ServerBundle.from_bytes(_bundle_file(path, SERVER_FILE).read_bytes())
+    return _read_file(_bundle_file(path, SERVER_FILE), ServerBundle.from_bytes)
 
 
 def load_client_bundle(path: str | Path) -> ClientBundle:
     """The client bundle in ``path`` (a file, or a folder holding ``client.bundle``)."""
-    return ClientBundle.from_bytes(_bundle_file(path, CLIENT_FILE).read_bytes())
+    return _read_file(_bundle_file(path, CLIENT_FILE), ClientBundle.from_bytes)

@@ -161,4 +161,8 @@ class Client:
     @classmethod
     def load(cls, plan: Any, path: str | Path, **options: Any) -> "Client":
         """The client saved by :meth:`save` (``options``: ``input_range``, ``strict``)."""
-        return cls(plan, KeyHolder.from_private_bytes(Path(path).read_bytes()), **options)
+        try:
+            keys = KeyHolder.from_private_bytes(Path(path).read_bytes())
+        except PayloadError as exc:  # name the file
+            raise PayloadError(f"{path}: {exc}") from exc
+        return cls(plan, keys, **options)

@@ -100,8 +100,12 @@ class KeyHolder:
         try:
             params = CkksParams.from_dict(header["params"])
             rotations = [int(r) for r in header["rotations"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PayloadError(f"corrupted private key file: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise PayloadError(f"corrupted private key file: field {exc!s} is missing or malformed; "
+                               "make keys again (polyact keygen)") from exc
+        if len(sections) not in (1, 2):
+            raise PayloadError(f"corrupted private key file: {len(sections)} sections, expected the secret key "
+                               "and the public context")
         secret = seal_from_bytes(sa.SecretKey, sections[0], Engine(params).context, "secret key")
         return cls(params, rotations, _secret=secret, _public=sections[1] if len(sections) > 1 else None)
 
@@ -152,9 +156,24 @@ def load_public_context(data: bytes) -> PublicContext:
         raise
     if len(sections) not in (2, 3):
         raise PayloadError(f"a public context has 2 or 3 sections, got {len(sections)}")
-    params = _params_of(load_parameters(sections[0]), int(header["scale_bits"]))
-    return PublicContext(params, sections[1], sections[2] if len(sections) == 3 else None,
-                         list(header.get("rotations", [])))
+    scale_bits, rotations = header.get("scale_bits"), header.get("rotations", [])
+    if type(scale_bits) is not int or not 1 <= scale_bits <= 120:
+        raise PayloadError(f"the public context's header field 'scale_bits' must be an integer of 1 to 120 bits, "
+                           f"got {_shown(scale_bits)}; send Client.public_context()")
+    if not isinstance(rotations, list) or not all(type(r) is int and abs(r) < 1 << 20 for r in rotations):
+        raise PayloadError(f"the public context's header field 'rotations' must be a list of integer rotation steps, "
+                           f"got {_shown(rotations)}; send Client.public_context()")
+    try:
+        params = _params_of(load_parameters(sections[0]), scale_bits)
+    except ValueError as exc:
+        raise PayloadError(f"the public context's encryption parameters are unusable ({exc})") from exc
+    return PublicContext(params, sections[1], sections[2] if len(sections) == 3 else None, rotations)
+
+
+def _shown(value: object) -> str:
+    """A short description of a header value for an error message."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 def install_keys(engine: Engine, public: PublicContext) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from polyact.data import read_npz
 from polyact.ir.graph import INPUT
 
 from ..eval.params import CkksParams
@@ -225,7 +226,7 @@ class Plan:
     def from_bytes(cls, data: bytes) -> "Plan":
         header, sections = unpack(data, PLAN_KIND)
         try:
-            arrays = np.load(io.BytesIO(sections[0]), allow_pickle=False)
+            arrays = read_npz(sections[0], "the plan's weights")
             steps: list[AffineStep | PolyStep] = []
             for i, s in enumerate(header["steps"]):
                 if s["type"] == "affine":
@@ -249,11 +250,11 @@ class Plan:
                        tuple(int(r) for r in header["rotations"]), steps, header["output"], header["output_length"], header["packing"],
                        header["notes"], [Cut.from_dict(c) for c in header.get("cuts", [])],
                        MaskPolicy.from_dict(header["mask"]) if "mask" in header else MaskPolicy(),
-                       np.array(arrays["input_gather"]) if "input_gather" in arrays.files else None)
+                       np.array(arrays["input_gather"]) if "input_gather" in arrays else None)
             if plan.input_gather is not None:
                 check_gather(plan.input_gather, int(np.prod(plan.input_shape)), plan.params.slots)
             plan.prepare()  # a periodic map with slots beyond its periods fails here
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError, RecursionError, MemoryError) as exc:
             raise PayloadError(f"corrupted plan: {exc}") from exc
         return plan
 

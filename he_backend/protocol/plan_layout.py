@@ -109,5 +109,5 @@ class PlanLayout:
                          int(header["depth"]), int(header.get("refreshes", 0)), tuple(gather.tolist()))
             check_gather(gather, layout.input_length, layout.params.slots)
             return layout
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError, RecursionError, MemoryError) as exc:
             raise PayloadError(f"corrupted plan layout: {exc}") from exc

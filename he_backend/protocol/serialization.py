@@ -74,8 +74,9 @@ def unpack(data: bytes, kind: str) -> tuple[dict[str, Any], list[bytes]]:
         raise PayloadError(f"truncated {kind}: the header alone announces {size} bytes, {len(data) - start} follow")
     try:
         header = json.loads(data[start : start + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"corrupted {kind}: unreadable header ({exc})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError(f"corrupted {kind}: unreadable header ({type(exc).__name__}); "
+                           "send bytes produced by polyact") from exc
     if not isinstance(header, dict) or header.get("kind") != kind:
         found = header.get("kind") if isinstance(header, dict) else None
         raise PayloadError(f"expected a polyact {kind}, got a {found!r}")

@@ -174,7 +174,11 @@ class Server:
             )
         samples, per = header.get("samples"), header.get("per_ciphertext")
         group = self.plan.ciphertexts(INPUT)  # ciphertexts per input
-        if not isinstance(samples, int) or not isinstance(per, int) or per < 1 or -(-samples // per) * group != len(blobs):
+        most = self.plan.samples_per_ciphertext
+        if type(per) is not int or not 1 <= per <= most:
+            raise PayloadError(f"the batch header field 'per_ciphertext' must be an integer from 1 to {most} "
+                               f"(samples this plan packs per ciphertext), got {str(per)[:40]!r}")
+        if type(samples) is not int or samples < 1 or -(-samples // per) * group != len(blobs):
             raise PayloadError(f"the batch header announces {samples} samples at {per} per ciphertext "
                                f"({group} ciphertext(s) per input) but holds {len(blobs)} ciphertexts")
         values, sent = [], []
