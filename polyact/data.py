@@ -13,6 +13,7 @@ import math
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,7 +322,7 @@ def read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
             array = np.frombuffer(raw, dtype=dtype)
             arrays[name] = (array.reshape(shape[::-1]).T if fortran else array.reshape(shape)).copy()
         except (ValueError, TypeError, OverflowError, EOFError, OSError, zipfile.BadZipFile, SyntaxError,
-                RecursionError, MemoryError, NotImplementedError) as exc:
+                RecursionError, MemoryError, NotImplementedError, zlib.error) as exc:
             raise ValueError(f"{what}: array {name!r} {exc}; write the file again with numpy.savez") from exc
     return arrays
 

@@ -66,6 +66,18 @@ def is_torchscript(path: str | Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
+def _check_crc(path: Path) -> None:
+    """Refuse a damaged zip archive (torch's reader does not check the CRC-32 of its entries: a
+    flipped bit in the weights would load as a silently different model)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        raise ValueError(f"{path} is not a polyact file: a damaged archive ({exc}); save it again") from exc
+    if damaged is not None:
+        raise CorruptFile(path, damaged, "fails its CRC-32 check (the file is damaged)", "copy or save it again")
+
+
 def _json(payload: dict[str, Any], key: str, path: Path, kinds: tuple[type, ...], what: str,
           default: str | None = None) -> Any:
     """Field ``key`` of ``payload``: a JSON string decoding to one of ``kinds``."""
@@ -169,6 +181,7 @@ def _load(path: str | Path, expected: str) -> dict[str, Any]:
     if is_torchscript(path):
         raise ValueError(f"{path} is TorchScript, which holds code and is not read; its compiled code cannot be "
                          "rewritten into a PANN: save the model's state dict and give --factory package.module:function")
+    _check_crc(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's own message advises weights_only=False: unsafe, so not repeated
