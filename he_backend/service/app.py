@@ -16,10 +16,15 @@ Endpoints (bodies are polyact's binary formats, ``application/octet-stream``):
   and ``X-Polyact-Bytes-Out`` (bytes of this round)
 - ``DELETE /sessions/{id}``
 
-Bad bytes give 400 with the reason, a body that is not ``application/octet-stream`` 415, an
-unknown or expired session 404, a body over the limit 413 (also when streamed without a
-Content-Length), a full session table or memory budget 503 before the body is read; nothing a
-client sends can crash the server. With tokens (:mod:`he_backend.service.auth`) every request needs
+Bad bytes give 400 with the reason (a malformed header field is named with the type it needs), a
+body that is not ``application/octet-stream`` 415, an unknown or expired session 404, a body over
+the limit 413 (also when streamed without a Content-Length), a body not complete within
+``upload_timeout`` seconds 408, a full session table or memory budget 503 before the body is read;
+nothing a client sends can crash the server. A session's slot is taken only once its public
+context has arrived, so slow uploads cannot hold slots; a client that disconnects is dropped
+quietly. A public context larger than the plan's keys (:func:`~he_backend.service.memory.context_limit`:
+Galois keys the plan does not need) is refused with 413. The access log shows a session id only
+as a short hash (:func:`redact`): with no tokens the id is the capability to use the session. With tokens (:mod:`he_backend.service.auth`) every request needs
 ``Authorization: Bearer TOKEN`` (401 otherwise), a token sees only its own sessions and holds at
 most its quota of them (429). Sessions expire after ``session_ttl`` idle seconds. Servers of all
 sessions share one plaintext cache.
@@ -27,30 +32,42 @@ sessions share one plaintext cache.
 Memory: a session's cost is known from the layout (:func:`he_backend.service.memory.session_bytes`);
 with ``max_memory_bytes`` a new session is admitted only while the resident memory at start,
 the weight cache's bound (``cache_bytes``), one evaluation's working set (SEAL's pool keeps and
-reuses it), the cost of the live sessions and of one upload stay within the budget. Deleted and
+reuses it), the cost of the live sessions and of one upload stay within the budget. Bodies in
+flight count too (:data:`~he_backend.service.memory.BODY_COPIES` times their bytes, from the first
+byte until the answer is sent): a body that would pass the budget is refused with 503. Deleted and
 expired sessions are collected and glibc's free pages returned to the OS.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from ..eval.runner import PlaintextCache
 from ..protocol.bundle import ServerBundle
-from ..protocol.keys import SecretKeyRefused
+from ..protocol.keys import SecretKeyRefused, load_public_context
 from ..protocol.plan import Plan
 from ..protocol.refresh import message_kind
 from ..protocol.serialization import PayloadError
 from ..protocol.server import Server
 from .auth import Tokens
-from .memory import evaluation_bytes, release_memory, rss_bytes, session_bytes, upload_bytes
+from .memory import BODY_COPIES, KEY_COPIES, context_limit, evaluation_bytes, release_memory, rss_bytes, session_bytes, upload_bytes
 
 OCTETS = "application/octet-stream"
+CONTEXT_TOO_BIG = (" for a public context of this plan (its keys); send only the Galois keys of the plan's rotations "
+                   "(GET /client-bundle, Client.public_context())")
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class ServiceLimits:
     max_body_bytes: int = 128_000_000
     max_memory_bytes: int | None = None
     cache_bytes: int = 2 << 30
+    upload_timeout: float = 120.0
 
 
 class _Session:
@@ -81,6 +99,7 @@ class SessionTable:
     def __init__(self, limits: ServiceLimits, base_bytes: int = 0) -> None:
         self.limits = limits
         self.base_bytes = base_bytes
+        self.inflight_bytes = 0  # request bodies being read or answered (BODY_COPIES x their size)
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
 
@@ -89,8 +108,21 @@ class SessionTable:
 
     @property
     def reserved_bytes(self) -> int:
-        """Memory the budget counts as taken: the base and every session's cost."""
-        return self.base_bytes + sum(s.cost for s in list(self._sessions.values()))
+        """Memory the budget counts as taken: the base, every session's cost and the bodies in flight."""
+        return self.base_bytes + self.inflight_bytes + sum(s.cost for s in list(self._sessions.values()))
+
+    def hold(self, size: int) -> None:
+        """Count ``size`` more bytes of bodies in flight; 503 if they would pass the memory budget."""
+        with self._lock:
+            budget = self.limits.max_memory_bytes
+            if budget is not None and self.reserved_bytes + size > budget:
+                raise HTTPException(503, f"the memory budget of {budget / 2**30:.2f} GiB cannot hold this request body "
+                                         "now; retry later")
+            self.inflight_bytes += size
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.inflight_bytes -= size
 
     def expire(self) -> None:
         deadline = time.monotonic() - self.limits.session_ttl
@@ -101,10 +133,12 @@ class SessionTable:
         if stale:
             release_memory()
 
-    def reserve(self, owner: str | None = None, cost: int = 0, quota: int | None = None, extra: int = 0) -> str:
+    def reserve(self, owner: str | None = None, cost: int = 0, quota: int | None = None, extra: int = 0,
+                *, check_only: bool = False) -> str:
         """A slot for a new session of ``owner`` costing ``cost`` bytes (``extra`` more only
         while it is created), checked against the table size, the owner's quota and the memory
-        budget before its public context is read; fill it with :meth:`fill`."""
+        budget; fill it with :meth:`fill`. ``check_only``: only check (503 / 429 before a body
+        is read), take nothing."""
         self.expire()
         with self._lock:
             if len(self._sessions) >= self.limits.max_sessions:
@@ -120,6 +154,8 @@ class SessionTable:
                 raise HTTPException(503, f"the memory budget of {budget / 2**30:.2f} GiB cannot hold another session "
                                          f"(it needs {(cost + extra) / 2**20:.0f} MiB, {self.reserved_bytes / 2**20:.0f} MiB "
                                          "are taken); retry later or delete an unused session")
+            if check_only:
+                return ""
             key = secrets.token_urlsafe(16)
             self._sessions[key] = _Session(owner, cost)
         return key
@@ -143,33 +179,83 @@ class SessionTable:
             session.used = time.monotonic()
         return session
 
-    def remove(self, key: str, owner: str | None = None) -> None:
+    def remove(self, key: str, owner: str | None = None, release: bool = True) -> None:
+        """Delete a session; ``release``: collect garbage and trim the heap (a second or so on a
+        large heap: not for a slot whose context was refused)."""
         with self._lock:
             session = self._sessions.get(key)
             if session is None or session.owner != owner:
                 raise HTTPException(404, f"unknown or expired session {key!r}")
             del self._sessions[key]
-        release_memory()
+        if release:
+            release_memory()
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 415 unless it is ``application/octet-stream`` and with
-    413 as soon as it passes ``limit`` bytes, announced or streamed (chunked)."""
+@contextlib.asynccontextmanager
+async def _body(request: Request, limit: int, table: SessionTable, why: str = "") -> AsyncIterator[bytes]:
+    """The request body, counted as in flight (:meth:`SessionTable.hold`) until the block ends;
+    refused with 415 unless it is ``application/octet-stream``, with 413 as soon as it passes
+    ``limit`` bytes (announced or streamed), with 408 unless it is complete within the
+    ``upload_timeout``. A client that disconnects raises :class:`ClientDisconnect`."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != OCTETS:
         raise HTTPException(415, f"send polyact bytes as Content-Type: {OCTETS} (got {kind or 'none'!r})")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body of {int(declared)} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    if size == 0:
-        raise HTTPException(400, "empty request body; send polyact bytes (application/octet-stream)")
-    return b"".join(chunks)
+        raise HTTPException(413, f"request body of {int(declared)} bytes exceeds the limit of {limit}{why}")
+    chunks, held = [], 0
+
+    async def read() -> None:
+        nonlocal held
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"request body exceeds the limit of {limit} bytes{why}")
+            table.hold(BODY_COPIES * len(chunk))
+            held += BODY_COPIES * len(chunk)
+            chunks.append(chunk)
+
+    try:
+        try:
+            await asyncio.wait_for(read(), table.limits.upload_timeout)
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within {table.limits.upload_timeout:g} s; "
+                                     "send it at once") from None
+        if not any(chunks):
+            raise HTTPException(400, "empty request body; send polyact bytes (application/octet-stream)")
+        body = b"".join(chunks)
+        chunks.clear()
+        yield body
+    finally:
+        table.release(held)
+
+
+SESSION_PATH = re.compile(r"(/sessions/)([^/?\s]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with every session id after ``/sessions/`` replaced by the first 8 hex digits of
+    its SHA-256: enough to follow one session through a log, useless as a capability."""
+    return SESSION_PATH.sub(lambda m: m.group(1) + "#" + hashlib.sha256(m.group(2).encode()).hexdigest()[:8], text)
+
+
+class RedactSessions(logging.Filter):
+    """Rewrites uvicorn's access-log records (``client, method, path, version, status``) so that
+    no session id is written (:func:`redact`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def _redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSessions) for f in access.filters):
+        access.addFilter(RedactSessions())
 
 
 def create_app(deployment: Plan | ServerBundle, limits: ServiceLimits | None = None,
@@ -189,6 +275,9 @@ def create_app(deployment: Plan | ServerBundle, limits: ServiceLimits | None = N
             f"{(cost + extra) / 2**20:.0f} MiB; raise --max-memory-gb"
         )
     cache = PlaintextCache(limits.cache_bytes)
+    context_bytes = min(limits.max_body_bytes, context_limit(plan))
+    needed_keys = len({r % plan.params.slots for r in plan.rotations})
+    _redact_access_log()
     layout_bytes = plan.layout().to_bytes()
     client_bundle_bytes = bundle.client_bundle().to_bytes()
     app = FastAPI(title="polyact encrypted inference", description=__doc__)
@@ -204,7 +293,16 @@ def create_app(deployment: Plan | ServerBundle, limits: ServiceLimits | None = N
 
     def server_for(context: bytes) -> Server:
         try:
-            return Server(plan, context, cache)
+            unneeded = sorted(set(load_public_context(context).rotations) - set(plan.rotations))
+            if unneeded:
+                raise PayloadError(f"it carries Galois keys for rotations {unneeded[:8]} that this plan does not use; "
+                                   "make keys for this plan's layout (GET /client-bundle, Client.public_context())")
+            server = Server(plan, context, cache)
+            held = server.engine.galois_keys.size() if server.engine.galois_keys is not None else 0
+            if held > needed_keys:
+                raise PayloadError(f"it carries {held} Galois keys, this plan uses {needed_keys}; make keys for this "
+                                   "plan's layout (GET /client-bundle, Client.public_context())")
+            return server
         except SecretKeyRefused as exc:
             raise HTTPException(403, str(exc)) from exc
         except (PayloadError, ValueError, RuntimeError) as exc:
@@ -215,6 +313,7 @@ def create_app(deployment: Plan | ServerBundle, limits: ServiceLimits | None = N
         return {"status": "ok", "sessions": len(sessions), "depth": plan.depth,
                 "samples_per_ciphertext": plan.samples_per_ciphertext, "refresh_rounds": len(plan.cuts),
                 "memory": {"rss_bytes": rss_bytes(), "reserved_bytes": sessions.reserved_bytes,
+                           "inflight_bytes": sessions.inflight_bytes,
                            "budget_bytes": limits.max_memory_bytes, "session_bytes": cost}}
 
     @app.get("/layout")
@@ -228,33 +327,46 @@ def create_app(deployment: Plan | ServerBundle, limits: ServiceLimits | None = N
         return Response(client_bundle_bytes, media_type=OCTETS)
 
     @app.post("/sessions")
-    async def create_session(request: Request) -> dict:
+    async def create_session(request: Request) -> Response:
         owner = owner_of(request)
-        key = sessions.reserve(owner, cost, tokens.quotas[owner] if tokens else None, extra)
+        quota = tokens.quotas[owner] if tokens else None
+        sessions.reserve(owner, cost, quota, extra, check_only=True)  # a full table answers before the body
         try:
-            context = await _body(request, limits.max_body_bytes)
-            server = await run_in_threadpool(server_for, context)
-        except BaseException:
-            sessions.remove(key, owner)
-            raise
+            async with _body(request, context_bytes, sessions, CONTEXT_TOO_BIG) as context:
+                # the slot is taken only now that the body is here: slow uploads hold no slot
+                key = sessions.reserve(owner, max(cost, int(KEY_COPIES * len(context))), quota)
+                try:
+                    server = await run_in_threadpool(server_for, context)
+                    if await request.is_disconnected():  # nobody will learn the id: free the slot now
+                        raise ClientDisconnect
+                except BaseException:
+                    sessions.remove(key, owner, release=False)
+                    raise
+        except ClientDisconnect:
+            return _gone()
         sessions.fill(key, server)
-        return {"session": key, "expires_in": limits.session_ttl}
+        return JSONResponse({"session": key, "expires_in": limits.session_ttl})
 
     async def answer(key: str, request: Request, action: str, what: str) -> Response:
         session = sessions.get(key, owner_of(request))
-        payload = await _body(request, limits.max_body_bytes)
-
-        def run() -> bytes:
-            with session.lock:
-                return getattr(session.server, action)(payload)
-
         try:
-            result = await run_in_threadpool(run)
-        except (PayloadError, ValueError, RuntimeError) as exc:
-            raise HTTPException(400, f"bad {what}: {exc}") from exc
-        headers = {"X-Polyact-Kind": message_kind(result), "X-Polyact-Bytes-In": str(len(payload)),
-                   "X-Polyact-Bytes-Out": str(len(result))}
-        return Response(result, media_type=OCTETS, headers=headers)
+            async with _body(request, limits.max_body_bytes, sessions) as payload:
+
+                def run() -> bytes:
+                    with session.lock:
+                        return getattr(session.server, action)(payload)
+
+                try:
+                    result = await run_in_threadpool(run)
+                except (PayloadError, ValueError, RuntimeError) as exc:
+                    raise HTTPException(400, f"bad {what}: {exc}") from exc
+                if await request.is_disconnected():  # nobody to answer: drop the result now
+                    return _gone()
+                headers = {"X-Polyact-Kind": message_kind(result), "X-Polyact-Bytes-In": str(len(payload)),
+                           "X-Polyact-Bytes-Out": str(len(result))}
+                return Response(result, media_type=OCTETS, headers=headers)
+        except ClientDisconnect:
+            return _gone()
 
     @app.post("/sessions/{key}/infer")
     async def infer(key: str, request: Request) -> Response:
@@ -270,3 +382,8 @@ def create_app(deployment: Plan | ServerBundle, limits: ServiceLimits | None = N
         return {"deleted": key}
 
     return app
+
+
+def _gone() -> Response:
+    """The answer to a client that disconnected: nobody reads it, nothing is logged but the access line."""
+    return Response(status_code=499)

@@ -16,6 +16,8 @@ from ..protocol.plan_layout import PlanLayout
 
 KEY_COPIES = 4.0  # a session's deserialised keys and SEAL context: measured ~4x the seeded key size
 TRANSIENT_COPIES = 3.0  # while a session is created: the body, the parsed sections, SEAL's load buffer
+BODY_COPIES = 3  # a request body in flight: its chunks, the joined bytes, the parsed sections
+CONTEXT_SLACK = 1.25  # a public context may exceed public_context_bytes by this factor (plus 64 KiB)
 WORKING_CIPHERTEXTS = 128  # an evaluation's working set (step values, SEAL's pool): measured ~123 for the digits MLP
 
 
@@ -34,6 +36,12 @@ def public_context_bytes(layout: Plan | PlanLayout) -> int:
     params = layout.params
     top = params.depth + 1
     return (top + 1) * top * params.poly_modulus_degree * 8 * (1 + len(layout.rotations))
+
+
+def context_limit(layout: Plan | PlanLayout) -> int:
+    """The largest public context a session of this plan accepts: its keys' seeded size with
+    ``CONTEXT_SLACK`` and 64 KiB of headers; more is Galois keys the plan does not need."""
+    return int(CONTEXT_SLACK * public_context_bytes(layout)) + (64 << 10)
 
 
 def session_bytes(layout: Plan | PlanLayout) -> int:
