@@ -31,7 +31,11 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str, descripti
              examples: Sequence[str], footer: str = "") -> argparse.ArgumentParser:
     """A subcommand parser whose help ends with examples."""
     epilog = "examples:\n" + "".join(f"  {line}\n" for line in examples) + (f"\n{footer}" if footer else "")
-    return sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=_formatter)
+    p = sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=_formatter)
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch / BLAS threads (default: $POLYACT_THREADS, else chosen for the model and the free "
+                        "cores: 1 for networks as small as the digits CNN; see polyact.threads)")
+    return p
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
@@ -127,12 +131,14 @@ def _load_data_and_model(args: argparse.Namespace):
     from ..convert.storage import file_format, load_model, load_pann
     from ..data import load_dataset
     from ..models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
+    from ..threads import configure_threads
     from ..train.loop import evaluate, train_classifier
 
     data = load_dataset(args.dataset)
     if args.model in ARCHITECTURES:
         torch.manual_seed(args.seed)
         model = build_model(args.model, data.input_shape, data.num_classes, args.activation)
+        configure_threads(model, data.input_shape, threads=args.threads)
         train_classifier(model, data, epochs=args.epochs, seed=args.seed, progress=True,
                          optimizer=getattr(args, "optimizer", "adamw"), lr=getattr(args, "lr", 3e-3),
                          weight_decay=getattr(args, "weight_decay", 0.0))
@@ -154,6 +160,7 @@ def _load_data_and_model(args: argparse.Namespace):
                 raise ValueError(f"{exc}; for a plain state dict give --factory package.module:function") from exc
         else:
             model = (load_pann if kind == "pann" else load_model)(args.model, factory=args.factory)
+        configure_threads(model, data.input_shape, threads=args.threads)
     print(f"{args.model} on {data.name}: test accuracy {evaluate(model, data.x_test, data.y_test):.2f}%",
           file=sys.stderr)
     return data, model
@@ -338,11 +345,14 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_fit, _add_c
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="polyact",
         formatter_class=_formatter,
         description="Polynomial neural networks for privacy-preserving (CKKS) inference.",
     )
+    parser.add_argument("--version", action="version", version=f"polyact {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in COMMANDS:
@@ -356,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from ..threads import configure_threads
+
+        configure_threads(threads=args.threads)  # $POLYACT_THREADS / --threads, else 1 until a model is known
         return args.run(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

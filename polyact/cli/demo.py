@@ -25,6 +25,7 @@ from ..data import digits
 from ..models import build_model
 from ..nn.poly_act import OutOfRangeWarning, polyact_layers
 from ..plots import plot_fit, plot_latency, plot_tradeoff
+from ..threads import configure_threads
 from ..tradeoff import TradeoffRow, measure, sweep
 from ..train.loop import predict, train_classifier
 from ..train.robust import RobustConfig, robust_finetune
@@ -44,6 +45,7 @@ class DemoConfig:
     latency_degrees: Sequence[int] = (3, 7, 15, 31)
     seed: int = 0
     progress: bool = True
+    threads: int | None = None  # torch threads; None: $POLYACT_THREADS, else chosen (1 for this CNN)
 
 
 @dataclass
@@ -169,6 +171,7 @@ def run_demo(out_dir: str | Path = "polyact-demo", config: DemoConfig | None = N
     torch.manual_seed(cfg.seed)
     data = digits()
     model = build_model("cnn", data.input_shape, data.num_classes, cfg.activation)
+    configure_threads(model, data.input_shape, threads=cfg.threads)
     train_classifier(model, data, epochs=cfg.epochs, seed=cfg.seed, progress=cfg.progress)
     model.eval()
     lap("train")

@@ -72,7 +72,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     result = run_demo(args.out, DemoConfig(activation=args.activation, epochs=args.epochs, degrees=args.degrees,
-                                           max_loss=args.max_loss, samples=args.samples))
+                                           max_loss=args.max_loss, samples=args.samples,
+                                           threads=args.threads))
     if args.json:
         print(json.dumps(result.to_dict(), default=str))
         return 0
