@@ -14,6 +14,7 @@ import warnings
 from typing import Callable, Sequence
 
 from . import encrypted
+from .options import DATASET_HELP
 
 EXIT_USAGE = 2
 # polyact.approx.fitting.METHODS and some activation names, written out so that building the parser
@@ -99,9 +100,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _add_data_and_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits",
-                   help="digits | digits32 (3x32x32, harder) | breast_cancer | FILE.npz | mnist:DIR | fashion_mnist:DIR | cifar10:DIR | images:DIR "
-                        "(one subfolder per class) (default: digits)")
+    p.add_argument("--dataset", default="digits", help=DATASET_HELP)
     p.add_argument("--model", default="cnn",
                    help="zoo architecture to train (mlp, cnn, resnet) or a model / PANN file saved by polyact (default: cnn)")
     p.add_argument("--factory", help="the architecture of a state-dict file, or of a polyact file naming a factory "
@@ -110,7 +109,7 @@ def _add_data_and_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments for --factory")
     p.add_argument("--activation", default="relu", help="activation of a zoo model (default: relu)")
     p.add_argument("--epochs", type=int, default=20, help="training epochs of a zoo model (default: 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of training and data order (default: 0)")
 
 
 def _is_torchscript(path: str) -> bool:
@@ -181,7 +180,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
          "polyact convert --model weights.pt --factory mypkg.nets:Net --dataset data.npz --degree 7"],
     )
     _add_data_and_model(p)
-    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax")
+    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax", help="fitting method (default: minimax)")
     p.add_argument("--degree", type=int, help="polynomial degree for every activation")
     p.add_argument("--tolerance", type=float, help="max fit error per activation (lowest degree meeting it)")
     p.add_argument("--alpha", type=float, help="composite sign precision in bits (relu/abs)")
@@ -226,10 +225,11 @@ def _add_tradeoff(sub: argparse._SubParsersAction) -> None:
     )
     _add_data_and_model(p)
     p.add_argument("--methods", nargs="+", default=["minimax", "chebyshev", "lsq"],
-                   choices=CONVERT_METHODS)
-    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31])
+                   choices=CONVERT_METHODS, help="fitting methods to compare (default: all three)")
+    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31], help="degrees (default: 3 7 15 31)")
     p.add_argument("--alphas", nargs="*", type=float, default=[], help="composite precisions (relu models)")
-    p.add_argument("--margins", nargs="+", type=float, default=[0.1])
+    p.add_argument("--margins", nargs="+", type=float, default=[0.1],
+                   help="interval margins beyond the observed range (default: 0.1)")
     p.add_argument("--max-loss", type=float, default=1.0,
                    help="accuracy budget in points for the cheapest setting (default: 1)")
     p.add_argument("--csv", help="write the rows as CSV to this file")
@@ -281,20 +281,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="for zoo training")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate for zoo training")
     p.add_argument("--weight-decay", type=float, default=0.0, help="for zoo training (robust training uses none)")
-    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax")
+    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax", help="fitting method (default: minimax)")
     p.add_argument("--degree", type=int, help="target polynomial degree")
     p.add_argument("--bits", type=float, help="target precision: max error 2^-bits max|interval|")
     p.add_argument("--alpha", type=float, help="target composite sign precision (relu)")
     p.add_argument("--tolerance", type=float, help="target max error per activation")
-    p.add_argument("--perturbation", choices=("polynomial", "noise", "none"), default="polynomial")
+    p.add_argument("--perturbation", choices=("polynomial", "noise", "none"), default="polynomial",
+                   help="train through the target polynomials, inject noise of their error, or neither "
+                        "(default: polynomial)")
     p.add_argument("--noise-bits", type=float, help="noise magnitude 2^-bits max|interval| (default: the target)")
     p.add_argument("--range-penalty", type=float, default=1.0, help="weight of the out-of-interval penalty")
     p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta parameter (0 disables)")
     p.add_argument("--robust-weight-decay", type=float, default=0.0, help="weight decay while fine-tuning")
     p.add_argument("--progressive", choices=("layers", "degree"), help="replace layers one by one or lower precision stepwise")
     p.add_argument("--trainable-coefficients", action="store_true", help="learn the polynomial coefficients too")
-    p.add_argument("--robust-epochs", type=int, default=30)
-    p.add_argument("--robust-lr", type=float, default=3e-3)
+    p.add_argument("--robust-epochs", type=int, default=30, help="fine-tuning epochs (default: 30)")
+    p.add_argument("--robust-lr", type=float, default=3e-3, help="fine-tuning learning rate (default: 0.003)")
     p.add_argument("--out", help="write the model (plain training) or the PANN (robust) to this file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=_run_train)

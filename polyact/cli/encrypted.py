@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .options import DATASET_HELP
+
 
 def _load_pann_file(path: str, factory: str | None = None):
     from ..convert.storage import INPUT_SHAPE_ATTR, load_pann
@@ -138,7 +140,7 @@ def add_encrypt_run(sub, command) -> None:
          "polyact encrypt-run mlp.pann --samples 360 --packing batch --workers 4 --ray-address local"],
     )
     _add_plan_options(p)
-    p.add_argument("--dataset", default="digits", help="digits | breast_cancer | FILE.npz | mnist:DIR | cifar10:DIR | images:DIR")
+    p.add_argument("--dataset", default="digits", help="test data: " + DATASET_HELP)
     p.add_argument("--samples", type=int, default=16, help="test samples to run (default: 16)")
     p.add_argument("--workers", type=int, default=1, help="server processes, or Ray tasks (default: 1)")
     p.add_argument("--ray-address", help="run the chunks as Ray tasks: 'local' starts a local Ray, "
@@ -186,7 +188,7 @@ def add_serve(sub, command) -> None:
     )
     _add_plan_options(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: 8000)")
     p.add_argument("--session-ttl", type=float, default=900.0, help="seconds an idle session lives (default: 900)")
     p.add_argument("--max-sessions", type=int, default=16, help="sessions held at once (default: 16)")
     p.add_argument("--max-body-mb", type=float, default=128.0, help="largest request body in MB (default: 128)")
@@ -228,10 +230,12 @@ def add_bench(sub, command) -> None:
         "comparison, networks, service) are scripts in benchmarks/.",
         ["polyact bench", "polyact bench --degrees 7 15 31 63 --scale-bits 40 --json"],
     )
-    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31])
-    p.add_argument("--scale-bits", type=int, default=40)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31],
+                   help="polynomial degrees to time (default: 3 7 15 31)")
+    p.add_argument("--scale-bits", type=int, default=40, help="CKKS scale in bits; the ring is the smallest "
+                                                               "128-bit-secure one for the depth (default: 40)")
+    p.add_argument("--repeat", type=int, default=3, help="evaluations per degree; the median is printed (default: 3)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--profile", metavar="PANN", help="instead: profile a saved PANN's plan on one random input "
                    "(seconds and SEAL calls per step and per primitive)")
     p.set_defaults(run=_run_bench)
