@@ -136,7 +136,7 @@ class _Durations:
             return
         rows = [(seconds, name, report.nodeid) for reports in terminalreporter.stats.values() for report in reports
                 for key, value in getattr(report, "user_properties", ()) if key == SHARED
-                for name, seconds in value.items()]
+                for name, seconds in value.items() if seconds >= 0.005]
         if rows:
             terminalreporter.write_sep("=", "shared fixtures (set up once for a module or the session; in no test's "
                                             "duration above)")
