@@ -166,3 +166,11 @@ def test_own_model_commands_run_as_written(tmp_path, monkeypatch, digits):
         assert main(shlex.split(command)[1:]) == 0, f"`{command}` failed"
     assert np.load("data.npz")["x_test"].shape[1:] == (1, 8, 8)
     assert os.path.exists("deploy/server.bundle") and os.path.exists("deploy/client.bundle")
+
+
+def test_readme_demo_summary_is_the_committed_reports():
+    """The README quotes docs/demo_report.md's summary (both from one `polyact demo` run)."""
+    def summary(page: str) -> str:
+        return next(text for lang, _, text in blocks(ROOT / page) if not lang and text.startswith("original CNN"))
+
+    assert summary("README.md") == summary("docs/demo_report.md")
