@@ -34,3 +34,20 @@ class Meter:
         f = self.figures()
         return (f"wall {f['wall_s']:.1f} s, CPU {f['cpu_s']:.1f} s, 1-min load {f['load_1min_start']:.2f} at start, "
                 f"{f['load_1min_end']:.2f} at end (5-min {f['load_5min_end']:.2f}), {f['cores']} cores")
+
+
+def start(threads: int | None = None) -> Meter:
+    """A benchmark's start: torch / BLAS threads from ``threads``, else ``$POLYACT_THREADS``, else 1
+    (:func:`polyact.threads.configure_threads`), then a :class:`Meter`."""
+    from polyact.threads import configure_threads
+
+    configure_threads(threads=threads)
+    return Meter()
+
+
+def finish(meter: Meter, figures: object) -> str:
+    """Print the meter's line and return the closing JSON line: ``{"rows": figures, "machine": ...}``."""
+    import json
+
+    print(meter.line())
+    return json.dumps({"rows": figures, "machine": meter.figures()})
