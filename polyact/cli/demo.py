@@ -87,7 +87,9 @@ class DemoResult:
 def _robust_rows(model, data, degrees: Sequence[int], cfg: DemoConfig) -> tuple[list[TradeoffRow], dict[int, Any]]:
     rows, panns = [], {}
     reference = predict(model, data.x_test)
-    for degree in tqdm(degrees, desc="robust fine-tuning", disable=not cfg.progress):
+    bar = tqdm(degrees, desc="robust fine-tuning", disable=not cfg.progress)
+    for degree in bar:
+        bar.set_postfix_str(f"degree {degree}, {cfg.robust_epochs} epochs")  # the bar moves only between degrees
         start = time.perf_counter()
         result = robust_finetune(model, data, degree=degree, epochs=cfg.robust_epochs, seed=cfg.seed)
         measured = measure(result.pann, data.x_test, data.y_test, reference)
