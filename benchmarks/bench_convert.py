@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"])
     parser.add_argument("--activations", nargs="+", default=["relu", "gelu", "silu", "aglu"])
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     digits = data.digits()
     summary = []
     for arch in args.models:
@@ -56,7 +59,7 @@ def main() -> None:
                       and s["method"] == method and s["accuracy"] >= baseline - 1.0]
                 cheapest[method] = min((s["depth"] for s in ok), default=None)
             print("smallest depth within 1 point: " + ", ".join(f"{m} {d}" for m, d in cheapest.items()))
-    print(json.dumps(summary))
+    print(finish(meter, summary))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--degrees", type=int, nargs="+", default=[3, 7, 15, 31, 63])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     rows = []
     print(f"{'activation':<11} {'deg':>4} {'minimax err':>12} {'cheb err':>12} {'cheb/minimax':>12} "
           f"{'minimax ms':>10} {'cheb ms':>8}")
@@ -50,7 +53,7 @@ def main() -> None:
             })
             print(f"{name:<11} {degree:>4} {minimax.max_error:>12.3e} {cheb.max_error:>12.3e} {ratio:>12.2f} "
                   f"{1e3 * t_minimax:>10.1f} {1e3 * t_cheb:>8.1f}")
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

@@ -185,6 +185,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--networks", nargs="+", default=["mlp/relu", "mlp/gelu", "cnn/relu", "cnn/gelu"])
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
     digits = data.digits()
@@ -215,7 +218,7 @@ def main() -> None:
           f"polyact / TenSEAL median {q['median']:.2f} (range {q['min']:.2f}-{q['max']:.2f}), i.e. "
           f"{t['polyact_speedup_latency']:.1f}x faster per request (sample packing); "
           f"{t['polyact_speedup_per_sample_batch']:.0f}x per sample with batch packing (not interleaved)")
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

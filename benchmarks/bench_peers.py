@@ -283,6 +283,9 @@ def main() -> None:
     if args.worker:
         _serve(PolyactWorker() if args.worker == "polyact" else OrionWorker())
         return
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
 
     import torch
 
@@ -362,7 +365,7 @@ def main() -> None:
         _print_row(row)
     for worker in workers.values():
         worker.close()
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 def _print_row(row: dict) -> None:

@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale-bits", type=int, default=40)
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     rows = []
     print(f"{'poly':<6} {'deg':>4} {'N':>6} {'levels':>6} {'bound':>5} {'ct*ct':>5} {'PS':>5} {'ms':>8} "
           f"{'bits':>5} | {'TenSEAL ms':>10} {'levels':>6} {'bits':>6} {'speedup':>7}")
@@ -118,7 +121,7 @@ def main() -> None:
                   f"{engine.counts['ct_ct_mul']:>5} {ps:>5.1f} {1e3 * seconds:>8.1f} {precision:>5.1f} | "
                   f"{fmt(ts_seconds and 1e3 * ts_seconds, '10.1f'):>10} {fmt(ts_levels, 'd'):>6} "
                   f"{fmt(ts_bits, '6.1f'):>6} {fmt(speedup, '7.2f'):>7}")
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sigma", type=int, default=30)
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     digits = data.digits()
     x, labels = digits.x_test[: args.samples].double(), digits.y_test[: args.samples].numpy()
     rows = []
@@ -83,7 +86,7 @@ def main() -> None:
                   f"bits {figures['precision_bits']:5.1f} {rows[-1]['seconds']:6.2f} s")
         base = rows[-2]["seconds"]
         rows[-1]["seconds_ratio_to_one_round"] = round(rows[-1]["seconds"] / base, 3)
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

@@ -9,21 +9,25 @@ Stages, each in its own subprocess so that its peak RSS (``ru_maxrss``) is its o
   compiler's cost model finds cheapest (at a large ``--alpha`` one composite activation may need
   more levels than any segment holds: the stage then measures the structured lowering part of
   the compiler alone). Reported: depth, seconds, peak RSS, plan size.
-* ``encrypted``: the first ``--blocks`` basic blocks of the same ResNet-20 (stem, blocks,
+* ``encrypted`` (``--blocks`` > 0): the first ``--blocks`` basic blocks of the same ResNet-20 (stem, blocks,
   global pooling and the classifier), degree 2, compiled for N = ``--ring`` (16x32x32 values
   span two ciphertexts at N = 16384) and run encrypted on ``--images`` images: the server runs
   in its own subprocess (its peak RSS), the client (keys, encryption, decryption) in this
   stage's process. Reported: top-1 agreement with the plaintext PANN, precision bits, latency
   per image, refresh rounds, bytes up and down, peak RSS of compiler+client and of the server.
-* ``full_encrypted`` (``--full-images`` > 0): the whole ResNet-20 (``--arm``; degree 2 by
+* ``full_encrypted`` (``--full-images`` > 0, 2 by default): the whole ResNet-20 (``--arm``; degree 2 by
   default) in three processes: compiler (``compile_full``), client (this stage; it loads only
   the plan's layout) and server (``serve``), which exchange the batch, the refresh rounds and
   the results over a pipe (:func:`run_encrypted`). Reported as ``encrypted``, with the three
   peak RSS apart.
 
-Usage: python benchmarks/bench_resnet20.py [--calib 32] [--alpha 7] [--blocks 1] [--images 2] [--ring 16384]
-       [--full-images 1] [--stage full_encrypted --arm composite]
-Ends with one JSON line (a list of dicts, one per stage).
+Usage: python benchmarks/bench_resnet20.py [--full-images 2] [--arm degree2|composite] [--calib 32] [--alpha 7]
+       [--blocks 0] [--images 2] [--ring 16384]
+With no arguments: both ``compile`` rows, then the full network (degree 2) encrypted on 2 images,
+what the README's ResNet-20 table quotes (its table used ``--full-images 8``; ``--arm composite``
+for the composite row; ``--blocks 1 --full-images 0`` for the truncated row). Prints each stage's
+figures, then wall time, CPU seconds (children included) and the load average; ends with one
+JSON line ``{"rows": [one dict per stage], "machine": {...}}``.
 """
 from __future__ import annotations
 
@@ -271,28 +275,36 @@ def _subprocess(argv: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", choices=sorted(STAGES))
-    parser.add_argument("--arm", choices=["degree2", "composite"], default="degree2")
+    parser.add_argument("--stage", choices=sorted(STAGES), help="run one stage in this process (used internally)")
+    parser.add_argument("--arm", choices=["degree2", "composite"], default="degree2",
+                        help="activations of the full encrypted run (default: degree2)")
     parser.add_argument("--folder")
     parser.add_argument("--calib", type=int, default=32)
     parser.add_argument("--alpha", type=float, default=7)
-    parser.add_argument("--blocks", type=int, default=1)
+    parser.add_argument("--blocks", type=int, default=0,
+                        help="the truncated run: stem + this many blocks + head (default: 0, not run)")
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--ring", type=int, default=16384, help="ring dimension of the truncated run (0: automatic)")
-    parser.add_argument("--full-images", type=int, default=0)
+    parser.add_argument("--full-images", type=int, default=2,
+                        help="images of the full network run encrypted (default: 2; 0: not run)")
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     if args.stage:
         print(json.dumps(STAGES[args.stage](args)))
         return
     common = ["--calib", str(args.calib), "--alpha", str(args.alpha)]
     rows = [_subprocess(["--stage", "compile", "--arm", arm, *common]) for arm in ("degree2", "composite")]
-    rows.append(_subprocess(["--stage", "encrypted", "--blocks", str(args.blocks), "--images", str(args.images),
-                             "--ring", str(args.ring), *common]))
+    if args.blocks:
+        rows.append(_subprocess(["--stage", "encrypted", "--blocks", str(args.blocks), "--images", str(args.images),
+                                 "--ring", str(args.ring), *common]))
     if args.full_images:
-        rows.append(_subprocess(["--stage", "full_encrypted", "--full-images", str(args.full_images), *common]))
+        rows.append(_subprocess(["--stage", "full_encrypted", "--arm", args.arm, "--full-images", str(args.full_images),
+                                 *common]))
     for row in rows:
         print(" ".join(f"{k}={v}" for k, v in row.items()))
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

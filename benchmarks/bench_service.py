@@ -116,6 +116,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=8, help="sessions held at once for the memory row")
     parser.add_argument("--churn", type=int, default=50, help="create/infer/delete cycles for the memory row")
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     warnings.simplefilter("ignore")
     digits = data.digits()
     torch.manual_seed(0)
@@ -145,7 +148,7 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(10)
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

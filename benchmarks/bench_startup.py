@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=None, metavar="NAME=DIR",
                         help="a source tree to measure (repeatable; default: this checkout)")
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     trees = [parse_tree(s) for s in args.tree] if args.tree else [("this", Path(__file__).resolve().parent.parent)]
     times: dict[tuple[str, str], list[float]] = {(t, c): [] for t, _ in trees for c in COMMANDS}
     with tempfile.TemporaryDirectory() as cwd:  # outside any tree, so only PYTHONPATH decides
@@ -74,7 +77,7 @@ def main() -> None:
                          "min_seconds": round(min(runs), 4), "max_seconds": round(max(runs), 4),
                          "runs": len(runs), f"speedup_vs_{first}": round(ratio, 2)})
             print(f"{command:<46} {name:<8} {median:>9.3f} {min(runs):>7.3f} {max(runs):>7.3f} {ratio:>8.2f}x")
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

@@ -326,6 +326,9 @@ def main() -> None:
     parser.add_argument("--max-encrypted-depth", type=int, default=MAX_ENCRYPTED_DEPTH,
                         help="run deeper plans in plaintext only (N=32768 plans need >18 GB here)")
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     digits = data.digits()
     rows = []
     for name in args.only or list(ENTRIES):
@@ -338,7 +341,7 @@ def main() -> None:
         rows.append(row)
         print(table(rows).splitlines()[-1], flush=True)
     print(table(rows))
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

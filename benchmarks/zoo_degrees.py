@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--max-degree", type=int, default=1023)
     parser.add_argument("--jobs", type=int, default=1, help="activations searched in parallel processes")
     args = parser.parse_args()
+    from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
+
+    meter = start()
     interval = (args.interval[0], args.interval[1])
     task = functools.partial(degrees_row, interval=interval, bits=args.bits, max_degree=args.max_degree)
     if args.jobs > 1:
@@ -114,7 +117,7 @@ def main() -> None:
         degrees = " | ".join(shown(row[f"degree_2^-{b}"]) for b in args.bits)
         formula = row["formula"].replace("|", "\\|")  # a bar inside a cell would end it
         print(f"| {row['class']} (`{row['activation']}`) | {formula} | {params} | {degrees} |")
-    print(json.dumps(rows))
+    print(finish(meter, rows))
 
 
 if __name__ == "__main__":

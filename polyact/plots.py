@@ -68,7 +68,7 @@ def tradeoff_figure(result, max_loss: float = 1.0) -> plt.Figure:
         for r in points:
             stacked = labelled[r.depth, r.accuracy] = labelled.get((r.depth, r.accuracy), -1) + 1
             ax.annotate(setting_label(r), (r.depth, r.accuracy), textcoords="offset points",
-                        xytext=(6, 3 - 10 * stacked), fontsize=8, color=line.get_color())
+                        xytext=(12, 3 - 10 * stacked), fontsize=8, color=line.get_color())  # clear of the star (radius 10 pt)
     ax.axhline(result.baseline_accuracy, color="black", linestyle="--", linewidth=1, label="original")
     ax.axhline(result.baseline_accuracy - max_loss, color="gray", linestyle=":", linewidth=1,
                label=f"original - {max_loss:g} pt")
@@ -114,17 +114,24 @@ def plot_robust(results: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_latency(rows: list[dict], path: str | Path) -> Path:
+def latency_figure(rows: list[dict]) -> plt.Figure:
     """Encrypted polynomial evaluation time vs degree (rows with ``degree``, ``seconds``,
-    ``depth``), annotated with the depth; write a PNG to ``path``."""
+    ``depth``), each point annotated with its depth."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     degrees = [r["degree"] for r in rows]
     ax.plot(degrees, [r["seconds"] for r in rows], marker="o")
-    for r in rows:
-        ax.annotate(f"depth {r['depth']}", (r["degree"], r["seconds"]), textcoords="offset points", xytext=(4, -12))
+    for r in rows:  # above and left of the point: the curve rises to the right, the lowest point is at the bottom
+        ax.annotate(f"depth {r['depth']}", (r["degree"], r["seconds"]), textcoords="offset points", xytext=(-8, 8),
+                    ha="right")
     ax.set_xscale("log", base=2)
     ax.set_xticks(degrees, [str(d) for d in degrees])
+    ax.margins(x=0.15, y=0.12)  # room for the first label on the left and the last one at the top
     ax.set_xlabel("polynomial degree")
     ax.set_ylabel("seconds per ciphertext")
     ax.set_title(f"encrypted polynomial evaluation, N={rows[0].get('N', '?')}")
-    return _save(fig, path)
+    return fig
+
+
+def plot_latency(rows: list[dict], path: str | Path) -> Path:
+    """Write :func:`latency_figure` as a PNG to ``path``."""
+    return _save(latency_figure(rows), path)

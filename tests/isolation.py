@@ -19,6 +19,13 @@ in this process. This plugin only tells it the groups, through its ``isolated(gr
 In every process it checks the guarantee: a test of a second isolated group in the same process
 fails (as happens with ``--no-isolation``, with more than one group).
 
+``--durations`` tells each test's own time: pytest charges a module- or session-scoped fixture's
+setup (a plan compiled for the module, a model trained for the session) to the setup of the first
+test that asks for it, so a trivial test was listed with its module's wait. Here that setup time
+is taken out of the test's setup duration (in the process that ran it; pytest-isolated forwards
+the corrected report) and listed on its own, per fixture, under "shared fixtures". A shared
+fixture's teardown still counts in the teardown of the test after which it ends.
+
 Why not the others (tried with pytest 9.2): pytest-xdist keeps each worker for the whole run, so a
 worker's next group starts with the pool of its last (``--max-worker-restart`` only replaces
 crashed workers), a fresh worker collects the whole suite, and ``--dist loadgroup`` no longer
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import pytest
 
@@ -38,6 +46,9 @@ DURATIONS = "polyact/group-seconds"  # pytest's cache: how long each group took
 IN_CHILD = "PYTEST_RUNNING_IN_SUBPROCESS"  # pytest-isolated sets it in its children
 _FIRST_ISOLATED = pytest.StashKey[str]()  # the isolated group this process has run
 _GROUP_OF = pytest.StashKey[dict]()  # node id -> group, in the main process
+SHARED = "shared fixture seconds"  # user property: {fixture: seconds} set up during this test's setup
+_SHARED_SECONDS = pytest.StashKey[dict]()  # on the item being set up: fixture -> seconds
+_setting_up: list[pytest.Item] = []  # the item whose setup runs now (fixtures see only their own node)
 
 
 def _group(item: pytest.Item) -> str:
@@ -65,17 +76,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for group in order for item in groups[group]]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Fail a test of a second isolated group in this process."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item):
+    """Fail a test of a second isolated group in this process; time the shared fixtures it sets up."""
     group = _group(item)
-    if not group.startswith(ISOLATED):
-        return
-    first = item.config.stash.setdefault(_FIRST_ISOLATED, group)
+    first = item.config.stash.setdefault(_FIRST_ISOLATED, group) if group.startswith(ISOLATED) else group
     if first != group:
         pytest.fail(f"isolation: {group[len(ISOLATED):]} would run in the process that ran {first[len(ISOLATED):]} "
                     "(SEAL's memory pool keeps what that allocated): run with pytest-isolated's children "
                     "(no --no-isolation), or select one isolated group", pytrace=False)
+    item.stash[_SHARED_SECONDS] = {}
+    _setting_up.append(item)
+    try:
+        return (yield)
+    finally:
+        _setting_up.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Time a module/session/package/class fixture's own setup (its dependencies are timed apart)."""
+    start = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        if fixturedef.scope != "function" and _setting_up:
+            seconds = _setting_up[-1].stash[_SHARED_SECONDS]
+            name = f"{fixturedef.scope} {fixturedef.argname}"
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    shared = item.stash.get(_SHARED_SECONDS, {}) if call.when == "setup" else {}
+    if shared:
+        report.duration = max(0.0, report.duration - sum(shared.values()))
+        report.user_properties.append((SHARED, {k: round(v, 3) for k, v in shared.items()}))
+    return report
 
 
 class _Durations:
@@ -87,8 +125,23 @@ class _Durations:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         group = self.config.stash.get(_GROUP_OF, {}).get(report.nodeid)
+        shared = sum(sum(v.values()) for k, v in report.user_properties if k == SHARED)
         if group is not None:
-            self.seconds[group] = self.seconds.get(group, 0.0) + report.duration
+            self.seconds[group] = self.seconds.get(group, 0.0) + report.duration + shared
+
+    @pytest.hookimpl(trylast=True)  # after pytest's "slowest durations"
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        """Under --durations: the shared fixtures' setups, which no test's duration includes."""
+        if self.config.option.durations is None:
+            return
+        rows = [(seconds, name, report.nodeid) for reports in terminalreporter.stats.values() for report in reports
+                for key, value in getattr(report, "user_properties", ()) if key == SHARED
+                for name, seconds in value.items() if seconds >= 0.005]
+        if rows:
+            terminalreporter.write_sep("=", "shared fixtures (set up once for a module or the session; in no test's "
+                                            "duration above)")
+            for seconds, name, nodeid in sorted(rows, reverse=True)[: self.config.option.durations or None]:
+                terminalreporter.write_line(f"{seconds:.2f}s {name}, set up for {nodeid.split('::')[0]}")
 
     def pytest_sessionfinish(self) -> None:
         cache = getattr(self.config, "cache", None)

@@ -216,3 +216,39 @@ def test_the_suite_runs_its_groups_two_at_a_time():
     assert options["isolated_numprocesses"] == "2" and float(options["isolated_timeout"]) >= 1800
     conftest = (TESTS / "conftest.py").read_text()
     assert re.search(r"pytest_plugins = \[.*\"isolation\"", conftest)
+
+
+SHARED_FIXTURE = '''
+import time
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    time.sleep(1.5)  # a plan compiled once for the module
+
+
+def test_trivial(compiled):
+    pass
+
+
+def test_own_work(compiled):
+    time.sleep(0.4)
+'''
+
+
+@pytest.mark.slow  # two pytest runs with children: about 20 s
+@pytest.mark.parametrize("isolation", [[], ["--no-isolation"]])
+def test_durations_give_each_test_its_own_time_and_shared_fixtures_apart(tmp_path, isolation):
+    code, output = _run(tmp_path, "-q", "-p", "no:cacheprovider", "--durations=0", "--durations-min=0", *isolation,
+                        suite={"test_shared.py": SHARED_FIXTURE})
+    assert code == 0, output
+    seconds = {(when, name): float(s) for s, when, name in
+               re.findall(r"^([\d.]+)s (setup|call|teardown) +test_shared\.py::(\w+)$", output, re.MULTILINE)}
+    assert seconds[("setup", "test_trivial")] < 0.3, output  # not the module fixture's 1.5 s
+    assert 0.4 <= seconds[("call", "test_own_work")] < 1.0, output
+    shared = re.search(r"^([\d.]+)s module compiled, set up for test_shared\.py$", output, re.MULTILINE)
+    assert shared and 1.5 <= float(shared.group(1)) < 2.5, output

@@ -15,7 +15,7 @@ PACKAGES = ("polyact", "he_backend")
 
 # bottom to top: a module may import from its own layer and the layers before it
 LAYERS: list[tuple[str, ...]] = [
-    ("polyact.data",),                           # data sets, no polyact imports
+    ("polyact.data", "polyact.threads"),         # data sets; torch / BLAS thread choice (no polyact imports)
     ("polyact.activations",),                    # the zoo: what users' networks contain
     ("polyact.approx",),                         # polynomials that approximate the zoo
     ("polyact.nn", "polyact.models"),            # modules of a PANN; the reference models

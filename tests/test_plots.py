@@ -1,8 +1,9 @@
 """The trade-off figure names its points and marks the cheapest setting within the budget."""
 import matplotlib.pyplot as plt
+from matplotlib.text import Text
 import pytest
 
-from polyact.plots import plot_tradeoff, tradeoff_figure
+from polyact.plots import latency_figure, plot_tradeoff, tradeoff_figure
 from polyact.tradeoff import TradeoffResult, TradeoffRow
 
 
@@ -63,3 +64,49 @@ def test_no_mark_when_nothing_is_within_the_budget(annotations):
 def test_plot_tradeoff_writes_a_png(tmp_path):
     path = plot_tradeoff(RESULT, tmp_path / "t.png", 1.0)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _drawn(fig):
+    """The figure laid out as _save lays it out, and its renderer."""
+    fig.tight_layout()
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def _inside(inner, outer) -> bool:
+    return (inner.x0 >= outer.x0 - 0.5 and inner.x1 <= outer.x1 + 0.5 and inner.y0 >= outer.y0 - 0.5
+            and inner.y1 <= outer.y1 + 0.5)
+
+
+# what the demo measured (report.json latency_vs_degree): the lowest point sits at the bottom of the axes
+LATENCY = [{"degree": 3, "depth": 2, "ct_ct_mults": 1, "N": 16384, "seconds": 0.031},
+           {"degree": 7, "depth": 3, "ct_ct_mults": 3, "N": 16384, "seconds": 0.083},
+           {"degree": 15, "depth": 4, "ct_ct_mults": 6, "N": 16384, "seconds": 0.195},
+           {"degree": 31, "depth": 5, "ct_ct_mults": 9, "N": 16384, "seconds": 0.395}]
+
+
+def test_latency_labels_lie_inside_the_axes():
+    fig = latency_figure(LATENCY)
+    renderer = _drawn(fig)
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text().startswith("depth")]
+    assert [t.get_text() for t in labels] == ["depth 2", "depth 3", "depth 4", "depth 5"]
+    for text in labels:
+        assert _inside(text.get_window_extent(renderer), ax.get_window_extent(renderer)), text.get_text()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("max_loss", [1.0, 0.5])
+def test_the_star_covers_no_label(max_loss):
+    fig = tradeoff_figure(RESULT, max_loss)
+    renderer = _drawn(fig)
+    ax = fig.axes[0]
+    star = next(line for line in ax.lines if line.get_marker() == "*")
+    cx, cy = ax.transData.transform(star.get_xydata()[0])
+    radius = star.get_markersize() / 2 * fig.dpi / 72 + star.get_markeredgewidth() * fig.dpi / 72
+    for text in ax.texts:
+        box = Text.get_window_extent(text, renderer)  # the text alone (an Annotation's own extent adds its arrow)
+        assert box.x1 < cx - radius or box.x0 > cx + radius or box.y1 < cy - radius or box.y0 > cy + radius, \
+            f"the star at ({cx:.0f}, {cy:.0f}) covers {text.get_text()!r} {box}"
+        assert _inside(box, fig.bbox), text.get_text()
+    plt.close(fig)

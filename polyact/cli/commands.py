@@ -14,6 +14,7 @@ import warnings
 from typing import Callable, Sequence
 
 from . import encrypted
+from .options import DATASET_HELP
 
 EXIT_USAGE = 2
 # polyact.approx.fitting.METHODS and some activation names, written out so that building the parser
@@ -31,7 +32,11 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str, descripti
              examples: Sequence[str], footer: str = "") -> argparse.ArgumentParser:
     """A subcommand parser whose help ends with examples."""
     epilog = "examples:\n" + "".join(f"  {line}\n" for line in examples) + (f"\n{footer}" if footer else "")
-    return sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=_formatter)
+    p = sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=_formatter)
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch / BLAS threads (default: $POLYACT_THREADS, else chosen for the model and the free "
+                        "cores: 1 for networks as small as the digits CNN; see polyact.threads)")
+    return p
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
@@ -95,9 +100,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _add_data_and_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits",
-                   help="digits | digits32 (3x32x32, harder) | breast_cancer | FILE.npz | mnist:DIR | fashion_mnist:DIR | cifar10:DIR | images:DIR "
-                        "(one subfolder per class) (default: digits)")
+    p.add_argument("--dataset", default="digits", help=DATASET_HELP)
     p.add_argument("--model", default="cnn",
                    help="zoo architecture to train (mlp, cnn, resnet) or a model / PANN file saved by polyact (default: cnn)")
     p.add_argument("--factory", help="the architecture of a state-dict file, or of a polyact file naming a factory "
@@ -106,7 +109,7 @@ def _add_data_and_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments for --factory")
     p.add_argument("--activation", default="relu", help="activation of a zoo model (default: relu)")
     p.add_argument("--epochs", type=int, default=20, help="training epochs of a zoo model (default: 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of training and data order (default: 0)")
 
 
 def _load_data_and_model(args: argparse.Namespace):
@@ -115,12 +118,14 @@ def _load_data_and_model(args: argparse.Namespace):
     from ..convert.storage import file_format, is_torchscript, load_model, load_pann
     from ..data import load_dataset
     from ..models import ARCHITECTURES, FACTORY_ATTR, build_model, resolve_factory
+    from ..threads import configure_threads
     from ..train.loop import evaluate, train_classifier
 
     data = load_dataset(args.dataset)
     if args.model in ARCHITECTURES:
         torch.manual_seed(args.seed)
         model = build_model(args.model, data.input_shape, data.num_classes, args.activation)
+        configure_threads(model, data.input_shape, threads=args.threads)
         train_classifier(model, data, epochs=args.epochs, seed=args.seed, progress=True,
                          optimizer=getattr(args, "optimizer", "adamw"), lr=getattr(args, "lr", 3e-3),
                          weight_decay=getattr(args, "weight_decay", 0.0))
@@ -142,6 +147,7 @@ def _load_data_and_model(args: argparse.Namespace):
                 raise ValueError(f"{exc}; for a plain state dict give --factory package.module:function") from exc
         else:
             model = (load_pann if kind == "pann" else load_model)(args.model, factory=args.factory)
+        configure_threads(model, data.input_shape, threads=args.threads)
     print(f"{args.model} on {data.name}: test accuracy {evaluate(model, data.x_test, data.y_test):.2f}%",
           file=sys.stderr)
     return data, model
@@ -162,7 +168,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
          "polyact convert --model weights.pt --factory mypkg.nets:Net --dataset data.npz --degree 7"],
     )
     _add_data_and_model(p)
-    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax")
+    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax", help="fitting method (default: minimax)")
     p.add_argument("--degree", type=int, help="polynomial degree for every activation")
     p.add_argument("--tolerance", type=float, help="max fit error per activation (lowest degree meeting it)")
     p.add_argument("--alpha", type=float, help="composite sign precision in bits (relu/abs)")
@@ -207,10 +213,11 @@ def _add_tradeoff(sub: argparse._SubParsersAction) -> None:
     )
     _add_data_and_model(p)
     p.add_argument("--methods", nargs="+", default=["minimax", "chebyshev", "lsq"],
-                   choices=CONVERT_METHODS)
-    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31])
+                   choices=CONVERT_METHODS, help="fitting methods to compare (default: all three)")
+    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31], help="degrees (default: 3 7 15 31)")
     p.add_argument("--alphas", nargs="*", type=float, default=[], help="composite precisions (relu models)")
-    p.add_argument("--margins", nargs="+", type=float, default=[0.1])
+    p.add_argument("--margins", nargs="+", type=float, default=[0.1],
+                   help="interval margins beyond the observed range (default: 0.1)")
     p.add_argument("--max-loss", type=float, default=1.0,
                    help="accuracy budget in points for the cheapest setting (default: 1)")
     p.add_argument("--csv", help="write the rows as CSV to this file")
@@ -262,20 +269,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="for zoo training")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate for zoo training")
     p.add_argument("--weight-decay", type=float, default=0.0, help="for zoo training (robust training uses none)")
-    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax")
+    p.add_argument("--method", choices=CONVERT_METHODS, default="minimax", help="fitting method (default: minimax)")
     p.add_argument("--degree", type=int, help="target polynomial degree")
     p.add_argument("--bits", type=float, help="target precision: max error 2^-bits max|interval|")
     p.add_argument("--alpha", type=float, help="target composite sign precision (relu)")
     p.add_argument("--tolerance", type=float, help="target max error per activation")
-    p.add_argument("--perturbation", choices=("polynomial", "noise", "none"), default="polynomial")
+    p.add_argument("--perturbation", choices=("polynomial", "noise", "none"), default="polynomial",
+                   help="train through the target polynomials, inject noise of their error, or neither "
+                        "(default: polynomial)")
     p.add_argument("--noise-bits", type=float, help="noise magnitude 2^-bits max|interval| (default: the target)")
     p.add_argument("--range-penalty", type=float, default=1.0, help="weight of the out-of-interval penalty")
     p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta parameter (0 disables)")
     p.add_argument("--robust-weight-decay", type=float, default=0.0, help="weight decay while fine-tuning")
     p.add_argument("--progressive", choices=("layers", "degree"), help="replace layers one by one or lower precision stepwise")
     p.add_argument("--trainable-coefficients", action="store_true", help="learn the polynomial coefficients too")
-    p.add_argument("--robust-epochs", type=int, default=30)
-    p.add_argument("--robust-lr", type=float, default=3e-3)
+    p.add_argument("--robust-epochs", type=int, default=30, help="fine-tuning epochs (default: 30)")
+    p.add_argument("--robust-lr", type=float, default=3e-3, help="fine-tuning learning rate (default: 0.003)")
     p.add_argument("--out", help="write the model (plain training) or the PANN (robust) to this file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=_run_train)
@@ -326,11 +335,14 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_fit, _add_c
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="polyact",
         formatter_class=_formatter,
         description="Polynomial neural networks for privacy-preserving (CKKS) inference.",
     )
+    parser.add_argument("--version", action="version", version=f"polyact {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in COMMANDS:
@@ -344,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from ..threads import configure_threads
+
+        configure_threads(threads=args.threads)  # $POLYACT_THREADS / --threads, else 1 until a model is known
         return args.run(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

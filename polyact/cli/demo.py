@@ -10,6 +10,7 @@ degree).
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from ..data import digits
 from ..models import build_model
 from ..nn.poly_act import OutOfRangeWarning, polyact_layers
 from ..plots import plot_fit, plot_latency, plot_tradeoff
+from ..threads import allowed_cores, configure_threads
 from ..tradeoff import TradeoffRow, measure, sweep
 from ..train.loop import predict, train_classifier
 from ..train.robust import RobustConfig, robust_finetune
@@ -32,7 +34,8 @@ from ..train.robust import RobustConfig, robust_finetune
 
 @dataclass
 class DemoConfig:
-    """Settings of :func:`run_demo`; the defaults finish in a few minutes on 2 cores."""
+    """Settings of :func:`run_demo`; the defaults take about 80 s of CPU on one thread (the wall time grows
+    with the machine's load: the report records both, and the load)."""
 
     activation: str = "relu"
     epochs: int = 15
@@ -44,6 +47,7 @@ class DemoConfig:
     latency_degrees: Sequence[int] = (3, 7, 15, 31)
     seed: int = 0
     progress: bool = True
+    threads: int | None = None  # torch threads; None: $POLYACT_THREADS, else chosen (1 for this CNN)
 
 
 @dataclass
@@ -59,6 +63,8 @@ class DemoResult:
     latency_vs_degree: list[dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's CPU time per step
+    machine: dict[str, Any] = field(default_factory=dict)  # threads, cores, 1-min load at start and end
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +87,9 @@ class DemoResult:
 def _robust_rows(model, data, degrees: Sequence[int], cfg: DemoConfig) -> tuple[list[TradeoffRow], dict[int, Any]]:
     rows, panns = [], {}
     reference = predict(model, data.x_test)
-    for degree in tqdm(degrees, desc="robust fine-tuning", disable=not cfg.progress):
+    bar = tqdm(degrees, desc="robust fine-tuning", disable=not cfg.progress)
+    for degree in bar:
+        bar.set_postfix_str(f"degree {degree}, {cfg.robust_epochs} epochs")  # the bar moves only between degrees
         start = time.perf_counter()
         result = robust_finetune(model, data, degree=degree, epochs=cfg.robust_epochs, seed=cfg.seed)
         measured = measure(result.pann, data.x_test, data.y_test, reference)
@@ -148,7 +156,13 @@ def _markdown(result: DemoResult) -> str:
               "| degree | depth | ct*ct | seconds |", "|---|---|---|---|"]
     lines += [f"| {r['degree']} | {r['depth']} | {r['ct_ct_mults']} | {r['seconds']:.3f} |" for r in result.latency_vs_degree]
     lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in result.files if f.endswith(".png")]
-    lines += ["", "Time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items())]
+    lines += ["", "Time per step, wall / CPU seconds: " + ", ".join(
+        f"{k} {v:.1f} / {result.cpu_seconds.get(k, float('nan')):.1f}" for k, v in result.seconds.items()) + "."]
+    m = result.machine
+    if m:
+        lines += ["", f"In all: {sum(result.seconds.values()):.0f} s wall, {sum(result.cpu_seconds.values()):.0f} s CPU, "
+                  f"{m['threads']} torch thread(s), {m['cores']} cores, 1-min load {m['load_start']:.2f} at the start "
+                  f"and {m['load_end']:.2f} at the end (`polyact demo`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -158,17 +172,20 @@ def run_demo(out_dir: str | Path = "polyact-demo", config: DemoConfig | None = N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    cpu_seconds: dict[str, float] = {}
+    load_start = os.getloadavg()[0]
+    clock, cpu_clock = time.perf_counter(), time.process_time()
 
     def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
+        nonlocal clock, cpu_clock
+        now, cpu_now = time.perf_counter(), time.process_time()
+        seconds[name], cpu_seconds[name] = now - clock, cpu_now - cpu_clock
+        clock, cpu_clock = now, cpu_now
 
     torch.manual_seed(cfg.seed)
     data = digits()
     model = build_model("cnn", data.input_shape, data.num_classes, cfg.activation)
+    threads = configure_threads(model, data.input_shape, threads=cfg.threads)
     train_classifier(model, data, epochs=cfg.epochs, seed=cfg.seed, progress=cfg.progress)
     model.eval()
     lap("train")
@@ -202,7 +219,9 @@ def run_demo(out_dir: str | Path = "polyact-demo", config: DemoConfig | None = N
              str(plot_tradeoff(tradeoff, out / "accuracy_vs_depth.png", cfg.max_loss)),
              str(plot_latency(latency, out / "latency_vs_degree.png"))]
     result = DemoResult(asdict(cfg), tradeoff.baseline_accuracy, [asdict(r) for r in tradeoff.rows], asdict(chosen),
-                        plan_report, encrypted, latency, seconds, files)
+                        plan_report, encrypted, latency, seconds, files, cpu_seconds,
+                        {"threads": threads, "cores": allowed_cores(), "load_start": load_start,
+                         "load_end": os.getloadavg()[0]})
     (out / "report.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
     (out / "report.md").write_text(_markdown(result))
     result.files += [str(out / "report.json"), str(out / "report.md")]

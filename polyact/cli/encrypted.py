@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .options import DATASET_HELP
+
 
 def _load_pann_file(path: str, factory: str | None = None):
     from ..convert.storage import INPUT_SHAPE_ATTR, load_pann
@@ -54,7 +56,8 @@ def add_demo(sub, command) -> None:
         sub, "demo", "the whole path on digits: train, convert, robust-train, encrypt, report",
         "Train the digits CNN, convert it at several degrees, fine-tune robustly, compile the cheapest\n"
         "setting within --max-loss points, run encrypted inference on test images and write a\n"
-        "report folder (report.md, report.json, PNG plots). No downloads; a few minutes on 2 cores.",
+        "report folder (report.md, report.json, PNG plots). No downloads; about 80 s of CPU on one thread\n"
+        "(more wall time on a busy machine: the report records wall, CPU seconds and the load).",
         ["polyact demo", "polyact demo --out report --activation gelu --samples 128 --json"],
     )
     p.add_argument("--out", default="polyact-demo", help="report folder (default: polyact-demo)")
@@ -72,12 +75,16 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     result = run_demo(args.out, DemoConfig(activation=args.activation, epochs=args.epochs, degrees=args.degrees,
-                                           max_loss=args.max_loss, samples=args.samples))
+                                           max_loss=args.max_loss, samples=args.samples,
+                                           threads=args.threads))
     if args.json:
         print(json.dumps(result.to_dict(), default=str))
         return 0
     print(result.summary())
-    print(f"report: {Path(args.out) / 'report.md'} ({time.perf_counter() - start:.0f} s in all)")
+    m = result.machine
+    print(f"report: {Path(args.out) / 'report.md'} ({time.perf_counter() - start:.0f} s in all, "
+          f"{sum(result.cpu_seconds.values()):.0f} s CPU, {m['threads']} thread(s), 1-min load {m['load_start']:.1f} "
+          f"at the start, {m['load_end']:.1f} at the end)")
     return 0
 
 
@@ -137,7 +144,7 @@ def add_encrypt_run(sub, command) -> None:
          "polyact encrypt-run mlp.pann --samples 360 --packing batch --workers 4 --ray-address local"],
     )
     _add_plan_options(p)
-    p.add_argument("--dataset", default="digits", help="digits | breast_cancer | FILE.npz | mnist:DIR | cifar10:DIR | images:DIR")
+    p.add_argument("--dataset", default="digits", help="test data: " + DATASET_HELP)
     p.add_argument("--samples", type=int, default=16, help="test samples to run (default: 16)")
     p.add_argument("--workers", type=int, default=1, help="server processes, or Ray tasks (default: 1)")
     p.add_argument("--ray-address", help="run the chunks as Ray tasks: 'local' starts a local Ray, "
@@ -185,7 +192,7 @@ def add_serve(sub, command) -> None:
     )
     _add_plan_options(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: 8000)")
     p.add_argument("--session-ttl", type=float, default=900.0, help="seconds an idle session lives (default: 900)")
     p.add_argument("--max-sessions", type=int, default=16, help="sessions held at once (default: 16)")
     p.add_argument("--max-body-mb", type=float, default=128.0, help="largest request body in MB (default: 128)")
@@ -227,10 +234,12 @@ def add_bench(sub, command) -> None:
         "comparison, networks, service) are scripts in benchmarks/.",
         ["polyact bench", "polyact bench --degrees 7 15 31 63 --scale-bits 40 --json"],
     )
-    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31])
-    p.add_argument("--scale-bits", type=int, default=40)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--degrees", nargs="+", type=int, default=[3, 7, 15, 31],
+                   help="polynomial degrees to time (default: 3 7 15 31)")
+    p.add_argument("--scale-bits", type=int, default=40, help="CKKS scale in bits; the ring is the smallest "
+                                                               "128-bit-secure one for the depth (default: 40)")
+    p.add_argument("--repeat", type=int, default=3, help="evaluations per degree; the median is printed (default: 3)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--profile", metavar="PANN", help="instead: profile a saved PANN's plan on one random input "
                    "(seconds and SEAL calls per step and per primitive)")
     p.set_defaults(run=_run_bench)
