@@ -16,8 +16,8 @@ named slot.
 
 Models that fx cannot trace fall back to swapping modules in place (a module called ``n``
 times per forward, counted on an example input, becomes a :class:`CallSites` that dispatches
-its calls in order); functional activations inside such models are then caught at calibration
-time (:class:`FunctionalCallDetector`). The result is deterministic, so a saved PANN can be
+its calls in order); functional activations and other non-polynomial operations inside such
+models are then refused at calibration time (:mod:`polyact.convert.eager_check`). The result is deterministic, so a saved PANN can be
 rebuilt from its original model.
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..activations import elementwise
 from ..activations.registry import get_activation
+from ..nn.inplace import InPlaceAliasError, resolve_inplace
 from ..nn.maxpool import PolyMaxPool
 from ..nn.poly_act import PolyAct
 from ..nn.sites import CallSites, FunctionActivation
@@ -382,7 +383,10 @@ def trace_sites(model: nn.Module, maxpool: str) -> Structure:
     graph = LeafTracer().trace(model)
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
     problems: list[str] = []
-    notes: list[str] = []
+    try:
+        notes = resolve_inplace(gm)
+    except InPlaceAliasError as exc:
+        raise UnsupportedOperationError(str(exc)) from None
     _split_shared_modules(gm, notes)
     pool_sites, averaged = _replace_maxpools(gm, maxpool, problems, notes)
     sites = _activation_sites(gm)

@@ -15,6 +15,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.inplace import InPlaceAliasError, resolve_inplace
 from ..nn.poly_act import PolyAct
 from ..nn.tracing import LeafTracer
 from . import linear_maps
@@ -33,7 +34,12 @@ def _graph_module(pann: nn.Module) -> torch.fx.GraphModule:
             f"torch.fx cannot trace this model ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
             "depth analysis and encryption need a traceable forward (no data-dependent control flow)"
         ) from exc
-    return torch.fx.GraphModule(pann, graph)
+    gm = torch.fx.GraphModule(pann, graph)
+    try:
+        resolve_inplace(gm)  # later readers of a tensor changed in place read the new value
+    except InPlaceAliasError as exc:
+        raise LoweringError(str(exc)) from None
+    return gm
 
 
 def _ancestors(node: torch.fx.Node, sources: set[str]) -> tuple[list[torch.fx.Node], list[torch.fx.Node]]:
