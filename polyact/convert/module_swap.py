@@ -42,6 +42,10 @@ def swap_modules(model: nn.Module, maxpool: str, reason: str, call_counts: dict[
     for name, module in list(model.named_modules()):
         if not name or name.startswith(claimed):
             continue
+        if isinstance(module, nn.RReLU) and not module.training:  # eval: a leaky ReLU of the mean slope
+            module = nn.LeakyReLU((module.lower + module.upper) / 2, inplace=module.inplace)
+            model.set_submodule(name, module)
+            notes.append(f"{name}: nn.RReLU in eval mode is nn.LeakyReLU({module.negative_slope:g})")
         if type(module) in MAXPOOL_MODULES:
             pool = pooled_module(module, maxpool, name, problems)
             if pool is not None:

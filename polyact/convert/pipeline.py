@@ -328,7 +328,9 @@ def convert(
     for key, change in overrides.items():
         if set(change) - valid_keys:
             raise ValueError(f"overrides[{key!r}] has unknown settings {sorted(set(change) - valid_keys)}; use {sorted(valid_keys)}")
-    structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx, example=_first_batch(calib_data))
+    input_shape = _input_shape(calib_data)
+    structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx, example=_first_batch(calib_data),
+                                  input_shape=input_shape)
     if structure.avg_pooled:
         structure.notes.append(_averaging_cost(model, structure.model, calib_data))
     names = sorted(s.name for s in structure.sites)
@@ -361,10 +363,11 @@ def convert(
         ))
     install(structure, lambda site: polys[site.name])
     pann = structure.model.eval()
-    input_shape = _input_shape(calib_data)
     if hasattr(model, FACTORY_ATTR):
         setattr(pann, FACTORY_ATTR, getattr(model, FACTORY_ATTR))
     options = {"maxpool": maxpool, "use_fx": use_fx}
+    if use_fx and input_shape is not None:
+        options["input_shape"] = list(input_shape)  # the rebuild settles trace-time values the same way
     if structure.call_counts:
         options["call_counts"] = dict(structure.call_counts)
     setattr(pann, STRUCTURE_ATTR, options)

@@ -275,8 +275,9 @@ class _BlockBuilder:
                 matrices, constants = linear_maps.probe_dense(outputs, shapes, n.format_node())
         except linear_maps.NotStructured:
             raise _not_affine(n.format_node()) from None
-        except ValueError as exc:
-            raise LoweringError(str(exc)) from exc
+        except (ValueError, RuntimeError, TypeError) as exc:  # e.g. a boolean mask: never a raw torch error
+            raise LoweringError(f"{n.format_node()}: cannot be lowered to affine maps ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         results = [_Affine.combine([(m, self.values[d]) for m, d in zip(per_input, deps)], tuple(out.shape[1:]), const)
                    for per_input, const, out in zip(matrices, constants, outputs([self.concrete[d] for d in deps]))]
         return results[0] if isinstance(self.concrete[n], torch.Tensor) else tuple(results)

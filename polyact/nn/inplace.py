@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import inspect
 import operator
-import os
-import re
 from typing import Callable
 
 import torch
 import torch.fx
+
+from .tracing import source_line
 
 _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ipow,
                       operator.ifloordiv, operator.imod, operator.iand, operator.ior, operator.ixor}
@@ -84,20 +84,6 @@ def _aliases(value: torch.fx.Node) -> set[torch.fx.Node]:
             group.add(n)
             stack.extend(u for u in n.users if _is_view(u) and u.args and u.args[0] is n)
     return group
-
-
-_SKIP = (os.path.dirname(os.path.abspath(torch.__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def source_line(node: torch.fx.Node) -> str:
-    """``" (model.py:42)"``: the innermost line of the user's code that made ``node`` (needs a
-    tracer that records stack traces), or ``""``."""
-    found = ""
-    for match in re.finditer(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or ""):
-        path = os.path.abspath(match.group(1))
-        if not path.startswith(_SKIP):
-            found = f" ({os.path.basename(path)}:{match.group(2)})"
-    return found
 
 
 def describe_node(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
