@@ -11,6 +11,7 @@ from torch import nn
 
 import polyact
 from polyact.activations.registry import available_activations, get_activation
+from polyact.approx.fitting import fit
 from polyact.convert.pipeline import MaxPoolAveragedWarning, convert
 from polyact.convert.sites import UnsupportedOperationError
 from polyact.convert.storage import load_pann, save_pann
@@ -253,17 +254,19 @@ def test_square_activation_costs_one_level_when_followed_by_a_linear_layer():
         np.testing.assert_allclose(pann(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_products_of_activations_cannot_be_lowered():
+def test_products_of_activations_are_refused_by_convert_and_by_lowering():
     class Gated(nn.Module):
-        def __init__(self):
+        def __init__(self, f=torch.sigmoid, g=torch.tanh):
             super().__init__()
-            self.a, self.b = nn.Linear(6, 4), nn.Linear(6, 4)
+            self.a, self.b, self.f, self.g = nn.Linear(6, 4), nn.Linear(6, 4), f, g
 
         def forward(self, x):
-            return torch.sigmoid(self.a(x)) * torch.tanh(self.b(x))
+            return self.f(self.a(x)) * self.g(self.b(x))
 
-    pann, report = convert(Gated().eval(), X, degree=5)
-    assert report.depth is None and any("not affine" in n for n in report.notes)
+    with pytest.raises(UnsupportedOperationError, match=r"product 'mul' \(test_convert.py:\d+\)"):
+        convert(Gated().eval(), X, degree=5)  # up front, not late in compile
+    p = fit("tanh", (-4.0, 4.0), 5)
+    pann = Gated(PolyAct(p), PolyAct(p)).eval()  # a PANN built by hand
     with pytest.raises(LoweringError, match="product of two"):
         lower(pann, (6,))
 

@@ -16,8 +16,8 @@ named slot.
 
 Models that fx cannot trace fall back to swapping modules in place (a module called ``n``
 times per forward, counted on an example input, becomes a :class:`CallSites` that dispatches
-its calls in order); functional activations inside such models are then caught at calibration
-time (:class:`FunctionalCallDetector`). The result is deterministic, so a saved PANN can be
+its calls in order); functional activations and other non-polynomial operations inside such
+models are then refused at calibration time (:mod:`polyact.convert.eager_check`). The result is deterministic, so a saved PANN can be
 rebuilt from its original model.
 """
 from __future__ import annotations
@@ -33,19 +33,22 @@ from .tracing import MAXPOOL_CHOICES, trace_sites
 
 
 def prepare_structure(model: nn.Module, maxpool: str = "poly", use_fx: bool = True,
-                      call_counts: dict[str, int] | None = None, example: torch.Tensor | None = None) -> Structure:
+                      call_counts: dict[str, int] | None = None, example: torch.Tensor | None = None,
+                      input_shape: list[int] | None = None) -> Structure:
     """Copy ``model`` (eval mode) and locate its activations; see the module docstring.
 
     ``maxpool``: ``"poly"`` (polynomial max, default), ``"avg"`` (average pooling instead:
     the network changes) or ``"error"`` (refuse). ``call_counts`` (module name -> calls per
     forward) or an ``example`` input tells module swapping which modules run several times.
+    ``input_shape`` (no batch axis) lets tracing settle shape arithmetic and eval-mode identities
+    (:mod:`polyact.convert.trace_time`, on zeros, so that a saved PANN is rebuilt the same way).
     """
     if maxpool not in MAXPOOL_CHOICES:
         raise ValueError(f"maxpool must be one of {MAXPOOL_CHOICES}, got {maxpool!r}")
     model = copy.deepcopy(model).eval()
     if use_fx:
         try:
-            return trace_sites(model, maxpool)
+            return trace_sites(model, maxpool, None if input_shape is None else torch.zeros((1, *input_shape)))
         except UnsupportedOperationError:
             raise
         except Exception as exc:  # fx raises many kinds of errors on dynamic models

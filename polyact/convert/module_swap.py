@@ -1,18 +1,17 @@
 """Call-site discovery for models ``torch.fx`` cannot trace: activation modules are swapped in
 place (a module called ``n`` times per forward, counted on an example input, becomes a
-:class:`~polyact.nn.sites.CallSites`), and functional activations are caught while calibrating
-(:class:`FunctionalCallDetector`)."""
+:class:`~polyact.nn.sites.CallSites`); what swapping cannot see is checked while calibrating
+(:mod:`polyact.convert.eager_check`)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ..activations import elementwise
 from ..nn.maxpool import PolyMaxPool
-from ..nn.sites import ActivationSlot, CallSites, reset_call_sites
+from ..nn.sites import CallSites, reset_call_sites
 from .sites import Site, Structure, UnsupportedOperationError, target_name
-from .supported_ops import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, MAXPOOL_MODULES, describe
+from .supported_ops import MAXPOOL_MODULES, describe
 from .tracing import maxpool_sites, pool_note, pooled_module
 
 
@@ -43,6 +42,10 @@ def swap_modules(model: nn.Module, maxpool: str, reason: str, call_counts: dict[
     for name, module in list(model.named_modules()):
         if not name or name.startswith(claimed):
             continue
+        if isinstance(module, nn.RReLU) and not module.training:  # eval: a leaky ReLU of the mean slope
+            module = nn.LeakyReLU((module.lower + module.upper) / 2, inplace=module.inplace)
+            model.set_submodule(name, module)
+            notes.append(f"{name}: nn.RReLU in eval mode is nn.LeakyReLU({module.negative_slope:g})")
         if type(module) in MAXPOOL_MODULES:
             pool = pooled_module(module, maxpool, name, problems)
             if pool is not None:
@@ -51,14 +54,14 @@ def swap_modules(model: nn.Module, maxpool: str, reason: str, call_counts: dict[
                 sites += maxpool_sites(name, pool) if isinstance(pool, PolyMaxPool) else []
                 averaged |= not isinstance(pool, PolyMaxPool)
         elif elementwise.module_name(module) is not None:
-            calls = call_counts.get(name, 1)
+            calls, inplace = call_counts.get(name, 1), getattr(module, "inplace", False) is True
             if calls > 1:
                 model.set_submodule(name, CallSites(module, calls))
                 sites += [Site(f"{name}.{k}", describe(type(module)), getattr(model.get_submodule(name), str(k)),
-                               target_name(module)) for k in range(calls)]
+                               target_name(module), inplace=inplace) for k in range(calls)]
                 notes.append(f"{name}: one module called {calls} times per forward; each call is its own activation")
             else:
-                sites.append(Site(name, describe(type(module)), module, target_name(module)))
+                sites.append(Site(name, describe(type(module)), module, target_name(module), inplace=inplace))
         else:
             continue
         claimed = (*claimed, name + ".")
@@ -66,31 +69,5 @@ def swap_modules(model: nn.Module, maxpool: str, reason: str, call_counts: dict[
         raise UnsupportedOperationError("the model uses operations a polynomial network cannot evaluate:\n" + "\n".join(problems))
     if any(n > 1 for n in call_counts.values()):
         model.register_forward_pre_hook(reset_call_sites)
-    return Structure(model, sites, notes, traced=False, call_counts=dict(call_counts), avg_pooled=averaged)
-
-
-class FunctionalCallDetector(TorchFunctionMode):
-    """Records functional activations called outside activation slots (untraced models)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: set[str] = set()
-        self.depth = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.depth == 0:
-            key = func if func in ACTIVATION_FUNCTIONS else getattr(func, "__name__", None)
-            if key in ACTIVATION_FUNCTIONS or func in elementwise.FUNCTIONS or (
-                    isinstance(key, str) and (key in ACTIVATION_METHODS or key in elementwise.METHODS)):
-                self.calls.add(describe(func))
-        return func(*args, **(kwargs or {}))
-
-
-def guard_slots(model: nn.Module, detector: FunctionalCallDetector) -> list:
-    """Hooks that silence ``detector`` while an activation slot runs its own activation."""
-    handles = []
-    for module in model.modules():
-        if isinstance(module, ActivationSlot):
-            handles.append(module.register_forward_pre_hook(lambda *_: setattr(detector, "depth", detector.depth + 1)))
-            handles.append(module.register_forward_hook(lambda *_: setattr(detector, "depth", detector.depth - 1)))
-    return handles
+    return Structure(model, sites, notes, traced=False, call_counts=dict(call_counts), avg_pooled=averaged,
+                     fallback_reason=reason)

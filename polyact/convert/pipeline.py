@@ -38,7 +38,7 @@ from ..nn.poly_act import PolyAct
 from ..nn.sites import ActivationSlot
 from .calibration import ActivationStats, RangeObserver, choose_interval, observed_range
 from .call_sites import prepare_structure
-from .module_swap import FunctionalCallDetector, guard_slots
+from .eager_check import EagerChecker
 from .report import ConversionReport, LayerReport
 from .sites import Site, Structure, UnsupportedOperationError, install
 from .storage import INPUT_SHAPE_ATTR, STRUCTURE_ATTR
@@ -143,24 +143,21 @@ def calibrate(structure: Structure, data: CalibrationData, batch_size: int = 256
 
     install(structure, slot)
     model = structure.model.eval()
-    detector = FunctionalCallDetector()
-    handles = guard_slots(model, detector) if not structure.traced else []
+    checker = EagerChecker()
+    handles = checker.attach(model) if not structure.traced else []
     try:
         for batch in tqdm(list(_batches(data, batch_size)), desc="calibrate", disable=not progress, leave=False):
             if structure.traced:
                 model(batch)
             else:
-                with detector:
+                with checker:
                     model(batch)
     finally:
         for h in handles:
             h.remove()
-    if detector.calls:
-        raise UnsupportedOperationError(
-            "the model could not be traced by torch.fx, and it calls activations as functions "
-            f"({', '.join(sorted(detector.calls))}) that module swapping cannot replace; use "
-            "activation modules (nn.ReLU, nn.GELU, ...) or make the forward traceable"
-        )
+    refusal = checker.error(structure.fallback_reason)
+    if refusal:
+        raise UnsupportedOperationError(refusal)
     return observers
 
 
@@ -331,7 +328,9 @@ def convert(
     for key, change in overrides.items():
         if set(change) - valid_keys:
             raise ValueError(f"overrides[{key!r}] has unknown settings {sorted(set(change) - valid_keys)}; use {sorted(valid_keys)}")
-    structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx, example=_first_batch(calib_data))
+    input_shape = _input_shape(calib_data)
+    structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx, example=_first_batch(calib_data),
+                                  input_shape=input_shape)
     if structure.avg_pooled:
         structure.notes.append(_averaging_cost(model, structure.model, calib_data))
     names = sorted(s.name for s in structure.sites)
@@ -364,10 +363,11 @@ def convert(
         ))
     install(structure, lambda site: polys[site.name])
     pann = structure.model.eval()
-    input_shape = _input_shape(calib_data)
     if hasattr(model, FACTORY_ATTR):
         setattr(pann, FACTORY_ATTR, getattr(model, FACTORY_ATTR))
     options = {"maxpool": maxpool, "use_fx": use_fx}
+    if use_fx and input_shape is not None:
+        options["input_shape"] = list(input_shape)  # the rebuild settles trace-time values the same way
     if structure.call_counts:
         options["call_counts"] = dict(structure.call_counts)
     setattr(pann, STRUCTURE_ATTR, options)

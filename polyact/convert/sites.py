@@ -18,13 +18,16 @@ class UnsupportedOperationError(ValueError):
 @dataclass
 class Site:
     """One activation to replace: where it lives in the prepared model and what it computes.
-    ``kind`` is ``"activation"`` or ``"maxpool"`` (an ``|x|`` of a polynomial max-pool tree)."""
+    ``kind`` is ``"activation"`` or ``"maxpool"`` (an ``|x|`` of a polynomial max-pool tree).
+    ``inplace``: the site replaces an in-place module in a model that is not traced (module
+    swapping), so its polynomial must work in place too (later readers of its input see it)."""
 
     name: str
     op: str
     activation: nn.Module
     target: str
     kind: str = "activation"
+    inplace: bool = False
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Structure:
     traced: bool = True
     call_counts: dict[str, int] = field(default_factory=dict)
     avg_pooled: bool = False
+    fallback_reason: str = ""  # why torch.fx could not trace the model (module swapping only)
 
 
 def target_name(module: nn.Module) -> str:
@@ -46,6 +50,10 @@ def target_name(module: nn.Module) -> str:
 
 
 def install(structure: Structure, make: Callable[[Site], nn.Module]) -> None:
-    """Put ``make(site)`` in place of every activation site."""
+    """Put ``make(site)`` in place of every activation site (working in place where the site's
+    original did, see :class:`Site`)."""
     for site in structure.sites:
-        structure.model.set_submodule(site.name, make(site))
+        module = make(site)
+        if site.inplace:
+            module.inplace = True
+        structure.model.set_submodule(site.name, module)

@@ -61,6 +61,16 @@ MAXPOOL_FUNCTIONS: dict[Callable, Callable] = {
     F.adaptive_max_pool1d: F.adaptive_avg_pool1d, F.adaptive_max_pool2d: F.adaptive_avg_pool2d,
 }
 
+MAX_HINT = ("a max over a tensor is not a polynomial; use nn.MaxPool2d (converted with maxpool='poly'), average "
+            "pooling or a mean")
+AMAX_HINT = ("a max over tensor axes is not a polynomial; for a global max pool x.amax(dim=(2, 3), keepdim=True) use "
+             "nn.MaxPool2d(kernel_size=(H, W)) over the whole map (a polynomial max tree with maxpool='poly'), or "
+             "x.mean(dim=(2, 3), keepdim=True) and fine-tune")
+MAXIMUM_HINT = ("torch.maximum of two tensors is not a polynomial; torch.maximum(x, a * x) with 0 <= a <= 1 is a leaky "
+                "ReLU and is fitted as one: write it in that form (one tensor x and a number a) or use F.leaky_relu")
+WHERE_HINT = ("torch.where is a step function of its mask, not a polynomial; torch.where(x > 0, x, a * x) is a leaky "
+              "ReLU and is fitted as one: write it in that form (x compared with 0, a a number) or use F.leaky_relu")
+
 HINTS: dict[Any, str] = {
     F.softmax: "drop the final softmax: argmax of the logits is unchanged, and the client can apply softmax after decryption",
     F.log_softmax: "drop the final log_softmax: argmax of the logits is unchanged; apply it on the client",
@@ -71,23 +81,23 @@ HINTS: dict[Any, str] = {
     nn.LayerNorm: "LayerNorm divides by a data-dependent standard deviation; use BatchNorm (affine at inference) instead",
     F.layer_norm: "layer_norm divides by a data-dependent standard deviation; use BatchNorm (affine at inference) instead",
     nn.GroupNorm: "GroupNorm divides by a data-dependent standard deviation; use BatchNorm instead",
-    torch.max: "a max over a tensor is not a polynomial; use nn.MaxPool2d (converted with maxpool='poly'), average pooling or a mean",
-    torch.amax: "a max over a tensor is not a polynomial; use nn.MaxPool2d (converted with maxpool='poly'), average pooling or a mean",
-    "max": "a max over a tensor is not a polynomial; use nn.MaxPool2d (converted with maxpool='poly'), average pooling or a mean",
+    torch.max: MAX_HINT, torch.amax: AMAX_HINT, "max": MAX_HINT, "amax": AMAX_HINT,
+    torch.maximum: MAXIMUM_HINT, "maximum": MAXIMUM_HINT, torch.where: WHERE_HINT, "where": WHERE_HINT,
+    F.multi_head_attention_forward: "attention needs a softmax of products of activations; replace it by a polynomial "
+                                    "mixing layer (e.g. an MLP-Mixer token MLP)",
     nn.MultiheadAttention: "attention needs a softmax of products of activations; replace it by a polynomial mixing layer (e.g. an MLP-Mixer token MLP)",
     F.scaled_dot_product_attention: "attention needs a softmax; replace it by a polynomial mixing layer (e.g. an MLP-Mixer token MLP)",
     operator.truediv: "division by a tensor is not a polynomial; divide by a constant, or fold the scale into a linear layer",
     torch.div: "division by a tensor is not a polynomial; divide by a constant, or fold the scale into a linear layer",
-    torch.exp: "exp is not a polynomial; put it in an activation module from polyact.activations so it can be fitted",
-    torch.log: "log is not a polynomial; put it in an activation module so it can be fitted on a positive interval",
-    torch.sqrt: "sqrt is not a polynomial; fit it explicitly with polyact.fit on a positive interval",
+    torch.log: "log is not a polynomial, and polyact fits no log activation: remove it, or apply it on the client after decryption",
+    torch.sqrt: "sqrt is not a polynomial, and convert fits no sqrt: remove it, or apply it on the client after decryption",
     torch.rsqrt: "rsqrt is not a polynomial; fold normalisation statistics into a linear layer",
     nn.Embedding: "embedding lookups are not polynomial; embed on the client before encryption",
 }
 
 GENERIC_HINT = (
     "not a polynomial operation polyact knows; rewrite it with supported layers (linear, conv, "
-    "batchnorm, average pooling, residual adds) or wrap it in an activation module"
+    "batchnorm, average pooling, residual adds) and activations of one tensor (nn.ReLU, F.gelu, torch.clamp, ...)"
 )
 
 

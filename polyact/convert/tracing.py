@@ -13,12 +13,16 @@ from torch import nn
 
 from ..activations import elementwise
 from ..activations.registry import get_activation
+from ..nn.inplace import InPlaceAliasError, resolve_inplace
 from ..nn.maxpool import PolyMaxPool
 from ..nn.poly_act import PolyAct
 from ..nn.sites import CallSites, FunctionActivation
-from ..nn.tracing import LeafTracer
+from ..nn.tracing import LeafTracer, location, source_line
 from .sites import Site, Structure, UnsupportedOperationError, target_name
+from .leaky_forms import rewrite_leaky_forms
+from .trace_time import settle
 from .supported_ops import (
+    HINTS,
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
     MAXPOOL_FUNCTIONS,
@@ -38,8 +42,9 @@ MAXPOOL_HINT = ("use maxpool='poly' (max(a, b) = (a + b)/2 + |a - b|/2 with a co
 
 
 
-def _unsupported(kind: str, name: str, key: Any) -> str:
-    return f"  - {kind} {name!r} ({describe(key)}): {hint_for(key)}"
+def _unsupported(kind: str, name: str, key: Any, node: torch.fx.Node | None = None) -> str:
+    where = "" if node is None else (source_line(node) if kind == "module" else location(node))
+    return f"  - {kind} {name!r} ({describe(key)}){where}: {hint_for(key)}"
 
 
 def _maxpool_problem(name: str, key: Any) -> str:
@@ -312,7 +317,7 @@ def _replace_maxpool_function(gm, node, maxpool, problems, notes) -> tuple[list[
     if fn in (F_MAX_POOL1D, F_MAX_POOL2D):
         kwargs.update(zip(names, node.args[1:]))
     if kwargs.get("return_indices") or maxpool == "error" or (maxpool == "poly" and fn not in (F_MAX_POOL1D, F_MAX_POOL2D)):
-        hint = _maxpool_problem(node.name, fn) if maxpool != "poly" else _unsupported("operation", node.name, fn) + \
+        hint = _maxpool_problem(node.name, fn) if maxpool != "poly" else _unsupported("operation", node.name, fn, node) + \
             "; adaptive max pooling has no fixed window: use F.max_pool2d(x, k) or maxpool='avg'"
         problems.append(hint)
         return [], False
@@ -342,14 +347,14 @@ def _check_function(node: torch.fx.Node, problems: list[str]) -> None:
         return
     if fn in (operator.truediv, torch.div, torch.true_divide, operator.itruediv):
         if not is_constant_divisor(node.args[1] if len(node.args) > 1 else None):
-            problems.append(_unsupported("operation", node.name, operator.truediv))
+            problems.append(_unsupported("operation", node.name, operator.truediv, node))
         return
     if fn in (operator.pow, torch.pow):
         exponent = node.args[1] if len(node.args) > 1 else None
         if not (isinstance(exponent, int) and exponent >= 0):
-            problems.append(f"  - operation {node.name!r} (pow): only non-negative integer powers are polynomial")
+            problems.append(f"  - operation {node.name!r} (pow){location(node)}: only non-negative integer powers are polynomial")
         return
-    problems.append(_unsupported("operation", node.name, fn))
+    problems.append(_unsupported("operation", node.name, fn, node))
 
 
 def _check_method(node: torch.fx.Node, problems: list[str]) -> None:
@@ -358,11 +363,18 @@ def _check_method(node: torch.fx.Node, problems: list[str]) -> None:
         return
     if name in ("div", "div_", "__truediv__"):
         if not is_constant_divisor(node.args[1] if len(node.args) > 1 else None):
-            problems.append(_unsupported("operation", node.name, operator.truediv))
+            problems.append(_unsupported("operation", node.name, operator.truediv, node))
         return
     if name == "pow" and isinstance(node.args[1] if len(node.args) > 1 else None, int):
         return
-    problems.append(_unsupported("method", node.name, name))
+    problems.append(_unsupported("method", node.name, name, node))
+
+
+def _inner_problems(name: str, module: nn.Module) -> str:
+    """What inside a refused container module (nn.TransformerEncoderLayer) is not polynomial."""
+    inner = [f"{describe(type(m))} '{name}.{n}': {hint_for(type(m))}" for n, m in module.named_modules()
+             if n and type(m) in HINTS]
+    return "" if not inner else "; it contains " + "; ".join(inner)
 
 
 def _check_rest(gm: torch.fx.GraphModule, problems: list[str]) -> None:
@@ -371,22 +383,64 @@ def _check_rest(gm: torch.fx.GraphModule, problems: list[str]) -> None:
             module = gm.get_submodule(node.target)
             if not isinstance(module, (PolyAct, FunctionActivation, PolyMaxPool, *POLYNOMIAL_MODULES)) \
                     and elementwise.module_name(module) is None:
-                problems.append(_unsupported("module", node.target, type(module)))
+                problems.append(_unsupported("module", node.target, type(module), node) + _inner_problems(node.target, module))
         elif node.op == "call_function":
             _check_function(node, problems)
         elif node.op == "call_method":
             _check_method(node, problems)
 
 
-def trace_sites(model: nn.Module, maxpool: str) -> Structure:
+_MATMULS = {operator.matmul, torch.matmul, torch.mm, torch.bmm, torch.einsum, "matmul", "mm", "bmm", "__matmul__"}
+_POWERS = {operator.pow, torch.pow, "pow", "pow_", torch.square, "square", "square_"}
+_SHAPE_READERS = {"size", "dim", "numel"}
+PRODUCT_HINT = ("a product of two values computed from the input (a squeeze-excitation gate scale * x, a power "
+                "x ** n of a layer's output, x * sigmoid(beta * x) with a learned beta, attention) needs products of "
+                "encrypted values, which polyact does not evaluate yet (planned with transformer support); remove or "
+                "replace it (e.g. drop the gate, use a fixed activation such as nn.SiLU) and fine-tune")
+
+
+def _input_dependent(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
+    """Tensor values computed from the network input (sizes read from them are not)."""
+    dependent: set[torch.fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            dependent.add(node)
+        elif node.op == "call_method" and node.target in _SHAPE_READERS or \
+                node.op == "call_function" and node.target is getattr:
+            continue
+        elif any(i in dependent for i in node.all_input_nodes):
+            dependent.add(node)
+    return dependent
+
+
+def _check_products(gm: torch.fx.GraphModule, problems: list[str]) -> None:
+    """Refuse products of two input-dependent tensors (what lowering could not express)."""
+    dependent = _input_dependent(gm)
+    for node in gm.graph.nodes:
+        key = _key(node)
+        operands = [a for a in _node_args(node) if isinstance(a, torch.fx.Node) and a in dependent]
+        if key in _POWERS and operands and node.args[0] in dependent:
+            exponent = 2 if key in (torch.square, "square", "square_") else (node.args[1] if len(node.args) > 1 else None)
+            product = isinstance(exponent, int) and exponent >= 2
+        else:
+            product = (key in _PRODUCTS or key in _MATMULS) and len(operands) >= 2
+        if product:
+            problems.append(f"  - product {node.name!r}{location(node)}: {PRODUCT_HINT}")
+
+
+def trace_sites(model: nn.Module, maxpool: str, example: torch.Tensor | None = None) -> Structure:
     graph = LeafTracer().trace(model)
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
     problems: list[str] = []
-    notes: list[str] = []
+    try:
+        notes = resolve_inplace(gm) + settle(gm, example) + rewrite_leaky_forms(gm)
+    except InPlaceAliasError as exc:
+        raise UnsupportedOperationError(str(exc)) from None
     _split_shared_modules(gm, notes)
     pool_sites, averaged = _replace_maxpools(gm, maxpool, problems, notes)
     sites = _activation_sites(gm)
     _check_rest(gm, problems)
+    _check_products(gm, problems)
     if problems:
         raise UnsupportedOperationError(
             "the model uses operations a polynomial network cannot evaluate:\n" + "\n".join(problems)

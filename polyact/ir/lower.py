@@ -15,6 +15,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.inplace import InPlaceAliasError, resolve_inplace
 from ..nn.poly_act import PolyAct
 from ..nn.tracing import LeafTracer
 from . import linear_maps
@@ -33,7 +34,12 @@ def _graph_module(pann: nn.Module) -> torch.fx.GraphModule:
             f"torch.fx cannot trace this model ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
             "depth analysis and encryption need a traceable forward (no data-dependent control flow)"
         ) from exc
-    return torch.fx.GraphModule(pann, graph)
+    gm = torch.fx.GraphModule(pann, graph)
+    try:
+        resolve_inplace(gm)  # later readers of a tensor changed in place read the new value
+    except InPlaceAliasError as exc:
+        raise LoweringError(str(exc)) from None
+    return gm
 
 
 def _ancestors(node: torch.fx.Node, sources: set[str]) -> tuple[list[torch.fx.Node], list[torch.fx.Node]]:
@@ -118,6 +124,27 @@ class _Affine:
         return self.map(sp.diags(np.broadcast_to(np.asarray(factor, dtype=np.float64), (size,)), format="dia"), self.shape)
 
 
+def _linear(x: _Affine, weight: np.ndarray, bias: np.ndarray | None, out_shape: tuple[int, ...]) -> _Affine:
+    """``W x + b`` along the last axis. On a vector that is itself a map of the sources
+    (``x = sum_s P_s s``, e.g. an adaptive pool replicating a 1x1 map 49 times before a VGG
+    classifier), ``W P_s`` is computed directly, over the columns ``P_s`` uses: no sparse copy of
+    ``W`` and nothing larger than ``W`` or the result is built."""
+    if len(x.shape) > 1 or x.eye:
+        matrix = linear_maps.last_axis_linear(weight, x.shape)
+        return x.map(matrix, out_shape, 0.0 if bias is None else np.tile(bias, matrix.shape[0] // weight.shape[0]))
+    parts = {}
+    for name, part in x.parts.items():
+        part = part.tocsc()
+        cols = np.flatnonzero(np.diff(part.indptr))
+        block = np.empty((weight.shape[0], cols.size))  # W P over the used columns, W never copied whole
+        for k, j in enumerate(cols):
+            rows = slice(part.indptr[j], part.indptr[j + 1])
+            block[:, k] = weight[:, part.indices[rows]] @ part.data[rows]
+        block = sp.csr_matrix(block)
+        parts[name] = sp.csr_matrix((block.data, cols[block.indices], block.indptr), shape=(weight.shape[0], part.shape[1]))
+    return _Affine(tuple(out_shape), parts, weight @ x.bias + (0.0 if bias is None else bias))
+
+
 _CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d}
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
@@ -192,9 +219,7 @@ class _BlockBuilder:
             if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.padding_mode == "zeros":
                 return self._conv(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups, out_shape)
             if isinstance(m, nn.Linear):
-                matrix = linear_maps.last_axis_linear(m.weight.detach().numpy(), x.shape)
-                bias = 0.0 if m.bias is None else np.tile(m.bias.detach().numpy(), matrix.shape[0] // m.out_features)
-                return x.map(matrix, out_shape, bias)
+                return _linear(x, m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy(), out_shape)
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training and m.running_mean is not None:
                 scale = (1.0 / torch.sqrt(m.running_var + m.eps)).detach().numpy()
                 shift = -m.running_mean.detach().numpy() * scale
@@ -212,8 +237,7 @@ class _BlockBuilder:
         if n.op == "call_function" and key is F.linear and first_only:
             weight, bias = self.constant(n.args[1] if len(n.args) > 1 else n.kwargs["weight"]), \
                 self.constant(n.args[2] if len(n.args) > 2 else n.kwargs.get("bias"))
-            matrix = linear_maps.last_axis_linear(weight.detach().numpy(), x.shape)
-            return x.map(matrix, out_shape, 0.0 if bias is None else np.tile(bias.detach().numpy(), matrix.shape[0] // weight.shape[0]))
+            return _linear(x, weight.detach().numpy(), None if bias is None else bias.detach().numpy(), out_shape)
         if n.op == "call_function" and key in _POOL_FUNCTIONS and first_only:
             return x.map(linear_maps.probe_channelwise(lambda t: self.call(n, {dep: t}), x.shape)[0], out_shape)
         if key in _NEG and first_only:
@@ -269,8 +293,9 @@ class _BlockBuilder:
                 matrices, constants = linear_maps.probe_dense(outputs, shapes, n.format_node())
         except linear_maps.NotStructured:
             raise _not_affine(n.format_node()) from None
-        except ValueError as exc:
-            raise LoweringError(str(exc)) from exc
+        except (ValueError, RuntimeError, TypeError) as exc:  # e.g. a boolean mask: never a raw torch error
+            raise LoweringError(f"{n.format_node()}: cannot be lowered to affine maps ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         results = [_Affine.combine([(m, self.values[d]) for m, d in zip(per_input, deps)], tuple(out.shape[1:]), const)
                    for per_input, const, out in zip(matrices, constants, outputs([self.concrete[d] for d in deps]))]
         return results[0] if isinstance(self.concrete[n], torch.Tensor) else tuple(results)

@@ -85,6 +85,7 @@ class PolyAct(nn.Module):
         self.strict = strict
         self.monitor = monitor
         self.clamp_in_training = False
+        self.inplace = False  # set where it replaces an in-place activation module (module swapping)
         self.reset_range_counters()
 
     # ---- evaluation -------------------------------------------------------------------
@@ -109,6 +110,12 @@ class PolyAct(nn.Module):
         return interval[0].to(x.dtype), interval[1].to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace:  # like nn.ReLU(inplace=True): later readers of x see p(x)
+            changed, x = x, x.clone()
+            return changed.copy_(self._evaluate(x))
+        return self._evaluate(x)
+
+    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
         if self.monitor:
             self._check_range(x)
         s = x
