@@ -20,6 +20,7 @@ to the environment that child processes inherit (``OMP_NUM_THREADS``, ...).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any, Sequence
 
@@ -116,12 +117,14 @@ def choose_threads(model: Any = None, input_shape: Sequence[int] | None = None, 
 
 
 def use_threads(count: int) -> int:
-    """Run torch, the loaded BLAS/OpenMP pools and later child processes on ``count`` threads."""
-    import torch
+    """Run torch, the loaded BLAS/OpenMP pools and later child processes on ``count`` threads.
 
-    torch.set_num_threads(count)
+    torch is not imported for this (``polyact serve`` may never need it): if it is not loaded
+    yet, it reads ``OMP_NUM_THREADS`` when it is (at most one thread per physical core then)."""
     for variable in _CHILD_VARIABLES:
         os.environ[variable] = str(count)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: scikit-learn brings it

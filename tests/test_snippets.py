@@ -122,9 +122,27 @@ def _python_pages() -> list:
     return pages
 
 
+def _few_epochs(monkeypatch, most: int = 2) -> None:
+    """The examples' training calls, at most ``most`` epochs: the check is that they run as written
+    (names, arguments, what they return), not the accuracy they reach, which their tests check."""
+    import polyact.train
+    from polyact.train import loop, robust
+
+    for module, name in ((loop, "train_classifier"), (robust, "robust_finetune")):
+        original = getattr(module, name)
+
+        def capped(*args, _original=original, **kwargs):
+            kwargs["epochs"] = min(kwargs.get("epochs", most), most)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, capped)
+        monkeypatch.setattr(polyact.train, name, capped)
+
+
 @pytest.mark.parametrize("page", _python_pages())
 def test_python_examples_run_in_order(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # files the examples write land here
+    _few_epochs(monkeypatch)
     namespace: dict = {"__name__": "__snippet__"}
     exec(textwrap.dedent(PRELUDE.get(rel(page), "")), namespace)
     for lang, line, text in blocks(page):
