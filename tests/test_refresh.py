@@ -17,6 +17,7 @@ from test_encrypted import (  # one definition of "bits" for the encrypted tests
 )
 
 import he_backend
+from he_backend.eval import rns
 from he_backend.eval.params import MAX_LOG_Q, max_depth, params_for
 from he_backend.lowering.compiler import _square_shifts
 from he_backend.lowering.segments import (
@@ -29,7 +30,6 @@ from he_backend.lowering.segments import (
     value_bounds,
 )
 from he_backend.protocol.keys import KeyHolder
-from he_backend.eval import rns
 from he_backend.protocol.refresh import (
     REPLY_KIND,
     REQUEST_KIND,

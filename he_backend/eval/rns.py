@@ -18,6 +18,7 @@ import os
 import struct
 import tempfile
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import tenseal.sealapi as sa
@@ -34,7 +35,7 @@ def _version() -> tuple[int, int]:
     """SEAL's serialisation version (from an object SEAL wrote itself)."""
     with tempfile.NamedTemporaryFile(dir=_TMP) as fh:
         sa.Plaintext().save(fh.name)
-        magic, _, major, minor, *_ = _HEADER.unpack(open(fh.name, "rb").read(_HEADER.size))
+        magic, _, major, minor, *_ = _HEADER.unpack(Path(fh.name).read_bytes()[: _HEADER.size])
     if magic != _MAGIC:
         raise RuntimeError(f"unexpected SEAL serialisation header {magic:#x}")
     return major, minor
@@ -114,11 +115,20 @@ def crt(rows: np.ndarray, moduli: list[int]) -> np.ndarray:
     return np.where(out > total // 2, out - total, out)
 
 
-def ntt_ciphertext(engine: Engine, coeffs: np.ndarray, level: int, scale: float) -> sa.Ciphertext:
-    """The ciphertext ``(m, 0)`` (NTT form, ``level``, ``scale``) of the integer polynomial ``m``
-    (``coeffs``, any integers): adding it to a ciphertext adds exactly ``m`` to its plaintext."""
-    return _residue_ciphertext(engine, _ntt(engine, residues(coeffs, primes(engine, level)), scale, True), scale,
-                               ntt=True)
+def add_integers(engine: Engine, ct: sa.Ciphertext, coeffs: np.ndarray, sign: int = 1) -> sa.Ciphertext:
+    """``ct`` with ``sign * m`` added to its plaintext, exactly, for the integer polynomial ``m``
+    (``coeffs``). SEAL transforms ``(m, 1)`` to NTT form (``(m, 0)`` is transparent, which it
+    refuses) and ``(0, 1)`` is taken back off: ``ct + (m, 1) - (0, 1)``; nothing is read back."""
+    level = engine.level(ct)
+    shifted = _residue_ciphertext(engine, residues(coeffs, primes(engine, level)), ct.scale, ntt=False, c1=1)
+    zero = _residue_ciphertext(engine, np.zeros((level, shifted.poly_modulus_degree()), dtype=np.uint64), ct.scale,
+                               ntt=False, c1=1)
+    out = sa.Ciphertext()
+    for part in (shifted, zero):
+        engine.evaluator.transform_to_ntt_inplace(part)
+    (engine.evaluator.add if sign > 0 else engine.evaluator.sub)(ct, shifted, out)
+    (engine.evaluator.sub_inplace if sign > 0 else engine.evaluator.add_inplace)(out, zero)
+    return out
 
 
 def plaintext(engine: Engine, coeffs: np.ndarray, level: int, scale: float) -> sa.Plaintext:

@@ -18,7 +18,15 @@ from ..eval.rotations import KeySet
 from ..eval.steps import AffineStep, PolyStep, ciphertext_count, poly_values, prepare_steps
 from .client import Client
 from .plan_layout import PlanLayout, check_gather
-from .refresh import Cut, MaskPolicy, coefficient_leakage, leakage_bound, mask_bits, refresh_bytes, refresh_precision_bits
+from .refresh import (
+    Cut,
+    MaskPolicy,
+    coefficient_leakage,
+    leakage_bound,
+    mask_bits,
+    refresh_bytes,
+    refresh_precision_bits,
+)
 from .serialization import PayloadError, pack, unpack
 
 PLAN_KIND = "plan"

@@ -190,16 +190,12 @@ def mask(engine: Engine, ct: sa.Ciphertext, bound: float, sigma: int, level: int
     of the mask (what the server subtracts once the client re-encrypted ``P(m + r)``)."""
     ct = engine.mod_switch(ct, level)
     r = secure_integers(engine.params.poly_modulus_degree, mask_bits(ct.scale, bound, sigma))
-    out = sa.Ciphertext()
-    engine.evaluator.add(ct, rns.ntt_ciphertext(engine, r, level, ct.scale), out)
-    return out, rns.real_part(r)
+    return rns.add_integers(engine, ct, r), rns.real_part(r)
 
 
 def unmask(engine: Engine, ct: sa.Ciphertext, real: np.ndarray) -> sa.Ciphertext:
     """Remove the mask's real part ``P(r)`` from a refreshed ciphertext, exactly."""
-    out = sa.Ciphertext()
-    engine.evaluator.sub(ct, rns.ntt_ciphertext(engine, real, engine.level(ct), ct.scale), out)
-    return out
+    return rns.add_integers(engine, ct, real, -1)
 
 
 def flood(engine: Engine, ct: sa.Ciphertext, std: float) -> sa.Ciphertext:
