@@ -8,7 +8,8 @@ coefficients and on the differences of neighbouring coefficients (where a mask s
 coefficients would show). With correct masks the two views are within ``2^-51`` in statistical
 distance (the plan's report), so no test may reject; each planted fault must make one reject:
 
-- masks drawn too narrow (``2^-70`` of the intended width, about the plaintext's own size),
+- masks drawn too narrow (``2^-76`` of the intended width: about the plaintext coefficients' own
+  spread, ``2^24`` here),
 - one mask shared by all coefficients of a ciphertext,
 - the mask missing on one ciphertext of the request.
 
@@ -83,7 +84,7 @@ def test_the_client_cannot_tell_two_weight_sets_apart(setup):
 @pytest.mark.slow
 def test_masks_too_narrow_are_caught(setup, monkeypatch):
     bits = refresh.mask_bits
-    monkeypatch.setattr(refresh, "mask_bits", lambda scale, bound, sigma: bits(scale, bound, sigma) - 70)
+    monkeypatch.setattr(refresh, "mask_bits", lambda scale, bound, sigma: bits(scale, bound, sigma) - 76)
     assert _smallest_p(setup) < ALPHA
 
 
