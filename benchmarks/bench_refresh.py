@@ -6,7 +6,7 @@ the plaintext PANN and precision in bits on --samples test images (batch packing
 ciphertext), and the latency of one batch (encrypt, server and client rounds, decrypt; median
 of --repeat, the arms interleaved).
 
-Usage: python benchmarks/bench_refresh.py [--samples 8] [--repeat 3] [--sigma 30]
+Usage: python benchmarks/bench_refresh.py [--samples 8] [--repeat 3] [--sigma 64]
 Ends with one JSON line (a list of dicts).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--sigma", type=int, default=30)
+    parser.add_argument("--sigma", type=int, default=he_backend.MaskPolicy().sigma)
     args = parser.parse_args()
     from machine import finish, start  # benchmarks/machine.py: threads; wall, CPU seconds and load
 

@@ -17,6 +17,7 @@ from test_encrypted import (  # one definition of "bits" for the encrypted tests
 )
 
 import he_backend
+from he_backend.eval import rns
 from he_backend.eval.params import MAX_LOG_Q, max_depth, params_for
 from he_backend.lowering.compiler import _square_shifts
 from he_backend.lowering.segments import (
@@ -34,7 +35,9 @@ from he_backend.protocol.refresh import (
     REQUEST_KIND,
     MaskPolicy,
     mask,
+    mask_bits,
     mask_level,
+    refresh_precision_bits,
     unmask,
 )
 from he_backend.protocol.serialization import pack, seal_from_bytes, unpack
@@ -156,11 +159,15 @@ def test_segmented_plan_levels_twin_and_bytes(mlp_plan, mlp, digits):
     for start, stop in plan.segments:
         assert all(1 <= s.level < top for s in plan.steps[start:stop])
     report = plan.report()["refresh"]
-    assert report["rounds"] == len(plan.cuts) and f"2^-{SIGMA}" in report["leakage"]
-    n = plan.params.poly_modulus_degree  # N/2 complex slots per masked ciphertext (batch packing)
-    assert report["masked_coordinates"] == n * sum(len(c.names) for c in plan.cuts)
-    assert report["leakage_total"].startswith(f"2^{np.log2(report['masked_coordinates']) - SIGMA:.1f} ")
-    assert report["cuts"][0]["precision_bits"] == pytest.approx(49.5 - SIGMA)
+    assert report["rounds"] == len(plan.cuts) and f"2^-{SIGMA} per coefficient" in report["leakage"]
+    n = plan.params.poly_modulus_degree  # N integer coefficients per masked ciphertext (batch packing)
+    assert report["masked_coefficients"] == n * sum(len(c.names) for c in plan.cuts)
+    # per coefficient 2C / W with C = 2 scale B and W the next power of two above 2^(sigma+1) C
+    total = sum(n * 2 * (2 * plan.params.scale * b) / 2.0 ** np.ceil(np.log2(2.0 ** (SIGMA + 1) * 2 * plan.params.scale * b))
+                for c in plan.cuts for b in c.bounds)
+    assert report["statistical_bits"] == pytest.approx(-np.log2(total))
+    assert report["statistical_bits"] >= SIGMA - np.log2(report["masked_coefficients"])
+    assert report["leakage_total"].startswith(f"2^-{-np.log2(total):.1f} ")
     again = he_backend.Plan.from_bytes(plan.to_bytes())
     assert again.cuts == plan.cuts and again.mask == plan.mask and again.report() == plan.report()
     assert he_backend.PlanLayout.from_bytes(plan.layout().to_bytes()).refreshes == len(plan.cuts)
@@ -273,21 +280,34 @@ def test_impossible_segments_and_bad_options_are_clear_errors(mlp, digits):
 
 
 @pytest.mark.slow
-def test_masked_values_fit_the_mask_level_and_not_below():
-    """A value of |v| = B masked with sigma bits decrypts to v + r at the level mask_level
-    chooses; one level lower SEAL refuses the mask (it would wrap around the modulus)."""
+def test_masks_are_exact_integers_at_the_mask_level_and_wrap_below():
+    """A value of |v| = B masked with sigma bits: the client's integer coefficients are m + r
+    exactly (CRT against the unmasked plaintext), the server removes P(r) exactly and the value
+    keeps the precision of a fresh encryption; one level lower the masked coefficients wrap
+    around Q_L and the unmasked value is garbage."""
     params = params_for(8192, 3, 36)
     keys = KeyHolder(params)
     engine = keys.engine
-    v = np.full(engine.slots, 3.0)
-    level = mask_level(params, 3.0, 24)
-    assert level == 2
-    masked, real = mask(engine, keys.encrypt(v), 3.0, 24, level)
-    seen = keys.decrypt(masked)
-    assert np.abs(seen - v).max() > 2.0**20 and np.allclose(seen - real, v, atol=1e-3)
-    assert np.allclose(keys.decrypt(unmask(engine, keys.encrypt(seen), real)), v, atol=1e-3)
-    with pytest.raises(ValueError, match="too large"):
-        mask(engine, keys.encrypt(v), 3.0, 24, level - 1)
+    v = np.linspace(-3.0, 3.0, engine.slots)
+    sigma = 24
+    level = mask_level(params, 3.0, sigma)
+    bits = sigma + 1 + int(np.ceil(np.log2(2 * 2.0**36 * 3.0)))  # w = sigma + 1 + ceil(log2 C)
+    log_q = [np.log2(float(np.prod([float(q) for q in engine.primes[:k]]))) for k in range(1, 4)]
+    assert log_q[level - 1] >= bits + 1 > log_q[level - 2]  # the lowest level without wrap-around
+    ct = engine.mod_switch(keys.encrypt(v), level)
+    m = rns.coefficients(engine, keys.decrypt_plaintext(ct))
+    masked, real = mask(engine, ct, 3.0, sigma, level)
+    u = rns.coefficients(engine, keys.decrypt_plaintext(masked))
+    r = u - m  # the mask, exactly (python integers)
+    assert all(-(2 ** (bits - 1)) <= x < 2 ** (bits - 1) for x in r) and max(abs(x) for x in r) > 2 ** (bits - 3)
+    assert np.array_equal(real, rns.real_part(r))
+    fresh = keys.encrypt_plaintext_bytes(rns.plaintext(engine, rns.real_part(u), engine.top_level, masked.scale))
+    refreshed = unmask(engine, seal_from_bytes(sa.Ciphertext, fresh, engine.context, "ct"), real)
+    error = np.abs(keys.decrypt(refreshed) - v).max()
+    assert error < 2 * 3.0 * 2.0 ** -refresh_precision_bits(params, 3.0)  # two fresh encryptions' noise, no more
+    low, low_real = mask(engine, engine.mod_switch(ct, level - 1), 3.0, sigma, level - 1)
+    wrapped = rns.real_part(rns.coefficients(engine, keys.decrypt_plaintext(low))) - low_real
+    assert np.abs((wrapped - rns.real_part(m)).astype(float)).max() > 2.0**40
 
 
 # ---- encrypted rounds ---------------------------------------------------------------------------
@@ -311,31 +331,36 @@ def test_refresh_rounds_agree_with_the_pann(request, digits, net, max_levels, co
     assert precision_bits(out, ref) > 12
 
 
+def _client_view(client, blob):
+    """The integer coefficients a curious client decrypts from a masked ciphertext, as floats."""
+    engine = client.keys.engine
+    pt = client.keys.decrypt_plaintext(seal_from_bytes(sa.Ciphertext, blob, engine.context, "ct"))
+    return rns.coefficients(engine, pt).astype(float), pt.scale
+
+
 @pytest.mark.slow
-def test_periodic_values_are_masked_slot_by_slot(mlp, digits):
+def test_periodic_values_are_masked_coefficient_by_coefficient(mlp, digits):
     """Sample packing: a value crossing a refresh repeats every ``M`` slots, each copy with its own
-    CKKS noise. Every slot gets its own mask (one mask shared by the copies would show the client
-    the differences of their noise): two copies as the client sees them differ by about the
-    mask's width, each copy carries the full mask, and the rounds agree with the PANN."""
+    CKKS noise. Every coefficient gets its own mask (one mask shared by coefficients would show
+    the client their differences): neighbouring coefficients as the client sees them differ by
+    the spread of two independent uniforms, each carries the full mask, and the rounds agree
+    with the PANN."""
     plan = he_backend.compile(mlp, digits.input_shape, "sample", max_levels=4, mask=MaskPolicy(sigma=SIGMA))
     periods = {s.name: s.period for s in plan.steps if any(s.name in c.names for c in plan.cuts)}  # cut values are steps
     assert plan.cuts and any(0 < p < plan.params.slots for p in periods.values()), periods
-    whole = plan.params.poly_modulus_degree * sum(len(c.names) for c in plan.cuts)  # every slot of every ciphertext
-    assert plan.report()["refresh"]["masked_coordinates"] == whole
+    whole = plan.params.poly_modulus_degree * sum(len(c.names) for c in plan.cuts)  # every coefficient of every ciphertext
+    assert plan.report()["refresh"]["masked_coefficients"] == whole
     client = plan.client()
     server = he_backend.Server.from_bytes(plan.to_bytes(), client.public_context())
     x = digits.x_test[:2].numpy()
     request = _first_round(plan, client, server, x)
     _, blobs = unpack(request, REQUEST_KIND)
-    cut = plan.cuts[0]
-    name, period = cut.names[0], periods[cut.names[0]]
-    seen = client.keys.decrypt(seal_from_bytes(sa.Ciphertext, blobs[0], client.keys.engine.context, "ct"))
-    width = 2.0**SIGMA * cut.bounds[0]
-    copies = seen.reshape(-1, period)  # one row per period; every pair of rows below is disjoint
-    assert np.std(copies[1::2] - copies[0::2]) == pytest.approx(width * np.sqrt(2 / 3), rel=0.2)  # independent masks
-    assert np.std(copies) == pytest.approx(width / np.sqrt(3), rel=0.2)  # each the full mask
-    true = plan.trace(x[:1])[name][0]
-    assert np.median(np.abs(copies[0][next(s for s in plan.steps if s.name == name).positions] - true)) > width / 4
+    seen, scale = _client_view(client, blobs[0])
+    width = 2.0 ** mask_bits(scale, plan.cuts[0].bounds[0], SIGMA)
+    assert np.std(seen) == pytest.approx(width / np.sqrt(12), rel=0.05)  # uniform on [-W/2, W/2)
+    assert np.std(np.diff(seen)) == pytest.approx(width / np.sqrt(6), rel=0.05)  # independent neighbours
+    assert np.abs(seen).max() <= width / 2 + 4 * scale * plan.cuts[0].bounds[0]
+    server.resume(client.refresh(request))
     rounds = he_backend.Rounds()
     out = client.decrypt(he_backend.run_interactive(client, server, client.encrypt(x), rounds))
     assert rounds.count == len(plan.cuts)
@@ -360,7 +385,7 @@ def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair
     header, no ciphertext and no key that decrypts."""
     client, server = mlp_pair
     x = digits.x_test[:64].numpy()
-    _first_round(mlp_plan, client, server, x)
+    request = _first_round(mlp_plan, client, server, x)
     job = list(server._jobs.values())[-1]
     secret_types = (sa.SecretKey, sa.Decryptor, KeyHolder, he_backend.Client)
     for holder in (server, server.engine, server.runner):
@@ -370,37 +395,38 @@ def test_server_state_between_rounds_is_ciphertexts_and_masks(mlp_plan, mlp_pair
         "block", "input_length", "output_length", "poly_modulus_degree", "coeff_bits", "samples", "per_ciphertext",
         "key", "input_layout"}
     cut = mlp_plan.cuts[0]
-    true = mlp_plan.trace(x)[cut.names[0]]  # (8, length), samples packed in blocks
-    masks = job.masks[0][0]
-    slots = np.concatenate([masks[b * mlp_plan.block: b * mlp_plan.block + true.shape[1]] for b in range(len(x))])
-    width = 2.0**SIGMA * cut.bounds[0]
-    assert np.abs(masks).max() <= width and np.std(masks) == pytest.approx(width / np.sqrt(3), rel=0.05)
-    assert abs(np.corrcoef(slots, true.reshape(-1))[0, 1]) < 5 / np.sqrt(slots.size)  # 5 standard errors
+    masks = job.masks[0][0].astype(float)  # P(r): the real part of the integer mask, one per coefficient
+    width = 2.0 ** mask_bits(mlp_plan.params.scale, cut.bounds[0], SIGMA)
+    n = mlp_plan.params.poly_modulus_degree
+    assert masks.shape == (n,) and np.abs(masks).max() <= width / 2
+    assert np.std(masks) == pytest.approx(width / np.sqrt(24), rel=0.05)  # (r_j - r_{N-j}) / 2, triangular
+    exact = job.masks[0][0]
+    assert set(exact[1:] + exact[:0:-1]) <= {0, -1}  # P(r)_{N-j} = -P(r)_j up to the floor: real slots only
+    server.resume(client.refresh(request))
 
 
 @pytest.mark.slow
 def test_client_view_at_a_refresh_is_masked(mlp_plan, mlp_pair, digits):
-    """What the client decrypts at a refresh (real and imaginary parts) is the true
-    intermediate plus a uniform mask of width 2^sigma B: far from the value, centred, with the
-    uniform distribution's spread, and uncorrelated with the value."""
+    """What the client decrypts at a refresh, the integer coefficients u = m + r, is uniform on
+    [-W/2, W/2) (spread, centre, range), far from the plaintext m and uncorrelated with it; the
+    server's P(r) takes it back to P(m) up to one unit per coefficient."""
     client, server = mlp_pair
     x = digits.x_test[:64].numpy()
     request = _first_round(mlp_plan, client, server, x)
     header, blobs = unpack(request, REQUEST_KIND)
     cut = mlp_plan.cuts[0]
-    width = 2.0**SIGMA * cut.bounds[0]
+    seen, scale = _client_view(client, blobs[0])
+    width = 2.0 ** mask_bits(scale, cut.bounds[0], SIGMA)
+    assert np.abs(seen).max() <= width / 2 * 1.0001
+    assert np.std(seen) == pytest.approx(width / np.sqrt(12), rel=0.05)
+    assert abs(np.mean(seen)) < 4 * width / np.sqrt(12 * seen.size)
     engine = client.keys.engine
-    pt = sa.Plaintext()
-    sa.Decryptor(engine.context, client.keys._secret).decrypt(seal_from_bytes(sa.Ciphertext, blobs[0], engine.context, "ct"), pt)
-    seen = np.asarray(engine.encoder.decode_complex(pt))  # a curious client decodes both parts
-    true = mlp_plan.trace(x)[cut.names[0]]
-    view = np.concatenate([seen[b * mlp_plan.block: b * mlp_plan.block + true.shape[1]] for b in range(len(x))])
-    for part in (view.real, view.imag, seen.real, seen.imag):
-        assert np.abs(part).max() <= width * 1.0001
-        assert np.std(part) == pytest.approx(width / np.sqrt(3), rel=0.1)
-        assert abs(np.mean(part)) < 4 * width / np.sqrt(3 * part.size)
-    assert np.median(np.abs(view.real - true.reshape(-1))) > width / 4
-    assert abs(np.corrcoef(view.real, true.reshape(-1))[0, 1]) < 5 / np.sqrt(view.size)
+    pt = client.keys.decrypt_plaintext(seal_from_bytes(sa.Ciphertext, blobs[0], engine.context, "ct"))
+    job = server._jobs[header["round"]]
+    plain = rns.real_part(rns.coefficients(engine, pt)) - job.masks[0][0]  # P(m), what the server restores
+    assert np.abs(plain.astype(float)).max() <= 2 * scale * cut.bounds[0]  # within the coefficient bound C
+    assert np.median(np.abs(seen)) > width / 8 > 2.0**SIGMA * np.abs(plain.astype(float)).max() / 8
+    assert abs(np.corrcoef(seen[1:], plain[1:].astype(float))[0, 1]) < 5 / np.sqrt(seen.size)
     server.resume(client.refresh(request))  # finish the round so the job leaves the server
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as sa
 
+from ..eval import rns
 from .keys import KeyHolder, write_private
 from .plan_layout import PlanLayout
 from .refresh import REPLY_KIND, REQUEST_KIND
@@ -134,9 +135,10 @@ class Client:
         return np.array(rows)
 
     def refresh(self, data: bytes) -> bytes:
-        """Answer a server's refresh request: decrypt the masked ciphertexts, keep the real parts
-        and re-encrypt them at the top level (seeded). The values seen here are masked: the
-        true value plus the server's uniform mask (see :mod:`he_backend.protocol.refresh`)."""
+        """Answer a server's refresh request: decrypt each masked ciphertext to the integer
+        coefficients of its plaintext, keep the real part of its slots and encrypt exactly those
+        integers at the top level and the same scale (seeded). The integers seen here are masked:
+        the plaintext plus the server's uniform integer mask (see :mod:`he_backend.protocol.refresh`)."""
         header, blobs = unpack(data, REQUEST_KIND)
         expected = layout_header(self.plan)
         if any(header.get(k) != v for k, v in expected.items()):
@@ -147,10 +149,12 @@ class Client:
         if header.get("count") != len(blobs) or not isinstance(header.get("round"), str):
             raise PayloadError(f"corrupted refresh request: it announces {header.get('count')} ciphertexts "
                                f"and holds {len(blobs)}")
-        context = self.keys.engine.context
-        fresh = [self.keys.encrypt_bytes(self.keys.decrypt(seal_from_bytes(sa.Ciphertext, blob, context,
-                                                                          "masked ciphertext")))
-                 for blob in blobs]
+        engine = self.keys.engine
+        fresh = []
+        for blob in blobs:
+            masked = self.keys.decrypt_plaintext(seal_from_bytes(sa.Ciphertext, blob, engine.context, "masked ciphertext"))
+            real = rns.real_part(rns.coefficients(engine, masked))
+            fresh.append(self.keys.encrypt_plaintext_bytes(rns.plaintext(engine, real, engine.top_level, masked.scale)))
         return pack(REPLY_KIND, {**expected, KEY_FIELD: self.keys.fingerprint, "round": header["round"],
                                  "refresh": header.get("refresh"), "count": len(fresh)}, fresh)
 

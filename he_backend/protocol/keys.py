@@ -122,9 +122,17 @@ class KeyHolder:
         return seal_to_bytes(self._encryptor.encrypt_symmetric(pt))
 
     def decrypt(self, ct: sa.Ciphertext) -> np.ndarray:
+        return self.engine.decode(self.decrypt_plaintext(ct))
+
+    def decrypt_plaintext(self, ct: sa.Ciphertext) -> sa.Plaintext:
+        """The plaintext polynomial of ``ct`` (NTT form, ``ct``'s level and scale), not decoded."""
         pt = sa.Plaintext()
         self._decryptor.decrypt(ct, pt)
-        return self.engine.decode(pt)
+        return pt
+
+    def encrypt_plaintext_bytes(self, pt: sa.Plaintext) -> bytes:
+        """A plaintext polynomial encrypted as it is (its level and scale), seed-compressed."""
+        return seal_to_bytes(self._encryptor.encrypt_symmetric(pt))
 
 
 @dataclass(frozen=True)

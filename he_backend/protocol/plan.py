@@ -19,7 +19,15 @@ from ..eval.rotations import KeySet
 from ..eval.steps import AffineStep, PolyStep, ciphertext_count, poly_values, prepare_steps
 from .client import Client
 from .plan_layout import PlanLayout, check_gather
-from .refresh import Cut, MaskPolicy, leakage_bound, refresh_bytes, refresh_precision_bits
+from .refresh import (
+    Cut,
+    MaskPolicy,
+    coefficient_leakage,
+    leakage_bound,
+    mask_bits,
+    refresh_bytes,
+    refresh_precision_bits,
+)
 from .serialization import PayloadError, pack, unpack
 
 PLAN_KIND = "plan"
@@ -131,25 +139,30 @@ class Plan:
 
     def refresh_report(self) -> dict[str, Any]:
         """Refresh rounds per ciphertext: where, how many values, bytes both ways, the mask's
-        statistical leakage bound (per coordinate, and summed over every real coordinate the
-        client sees masked in all rounds of one inference: one sample with sample packing, the
-        samples sharing a ciphertext with batch packing) and the precision it leaves (see
+        statistical leakage (per coefficient, and summed over every coefficient the client sees
+        masked in all rounds of one inference, union bound: one sample with sample packing, the
+        samples sharing a ciphertext with batch packing) and the precision a refresh leaves (see
         :mod:`he_backend.protocol.refresh`)."""
-        n, top = self.params.poly_modulus_degree, self.params.depth + 1
-        cuts, coordinates = [], 0
+        p, sigma = self.params, self.mask.sigma
+        n, top = p.poly_modulus_degree, p.depth + 1
+        cuts, coefficients, total = [], 0, 0.0
         for c in self.cuts:
-            live = sum(self.ciphertexts(name) for name in c.names)
-            down, up = refresh_bytes(n, live, c.mask_level, top)
-            coordinates += n * live  # N/2 complex slots per masked ciphertext
+            counts = [self.ciphertexts(name) for name in c.names]
+            down, up = refresh_bytes(n, sum(counts), c.mask_level, top)
+            coefficients += n * sum(counts)  # every coefficient of every masked ciphertext
+            total += sum(n * k * coefficient_leakage(p.scale, b, sigma) for k, b in zip(counts, c.bounds))
             cuts.append({"before": self.steps[c.position].name, "values": list(c.names), "bounds": list(c.bounds),
-                         "mask_level": c.mask_level, "bytes_down": down, "bytes_up": up,
-                         "precision_bits": refresh_precision_bits(self.mask.sigma)})
-        return {"rounds": len(self.cuts), "sigma": self.mask.sigma, "margin": self.mask.margin,
-                "leakage": leakage_bound(self.mask.sigma) if self.cuts else None,
-                "masked_coordinates": coordinates,
-                "leakage_total": f"2^{math.log2(coordinates) - self.mask.sigma:.1f} in statistical distance over "
-                                 f"the {coordinates} masked real coordinates of all rounds (union bound)"
-                                 if self.cuts else None,
+                         "mask_level": c.mask_level, "mask_bits": max(mask_bits(p.scale, b, sigma) for b in c.bounds),
+                         "bytes_down": down, "bytes_up": up,
+                         "precision_bits": min(refresh_precision_bits(p, b) for b in c.bounds)})
+        bits = -math.log2(total) if total else None
+        return {"rounds": len(self.cuts), "sigma": sigma, "margin": self.mask.margin, "exact": True,
+                "leakage": leakage_bound(sigma) if self.cuts else None,
+                "masked_coefficients": coefficients,
+                "statistical_bits": bits,
+                "leakage_total": f"2^-{bits:.1f} in statistical distance over the {coefficients} masked integer "
+                                 "coefficients of all rounds of one inference (union bound)" if self.cuts else None,
+                "precision_bits": min((c["precision_bits"] for c in cuts), default=None),
                 "bytes_down": sum(c["bytes_down"] for c in cuts), "bytes_up": sum(c["bytes_up"] for c in cuts),
                 "cuts": cuts}
 
@@ -171,6 +184,8 @@ class Plan:
             lines.append(f"refresh before {c['before']}: {len(c['values'])} value(s) masked at level {c['mask_level']} "
                          f"(sigma {self.mask.sigma}, |v| <= {max(c['bounds']):.3g}), {c['bytes_down'] / 1e6:.1f} MB down, "
                          f"{c['bytes_up'] / 1e6:.1f} MB up, ~{c['precision_bits']:.0f} bits kept")
+        if rep["refresh"]["cuts"]:
+            lines.append(f"refresh leakage per inference: {rep['refresh']['leakage_total']}")
         return "\n".join(lines)
 
     def simulate(self, x: np.ndarray) -> np.ndarray:

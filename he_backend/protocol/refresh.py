@@ -1,36 +1,44 @@
 """Interactive refresh: split a plan deeper than secure CKKS parameters allow into segments and
 bring every live ciphertext back to the top level between them, with the client's help.
 
-Protocol (one *round* per cut, honest-but-curious parties). At a cut the server
+Protocol (one *round* per cut, honest-but-curious parties), exact in the integer domain: no value
+passes through the float64 slot encoder. At a cut the server
 
-1. brings each live ciphertext ``[[v]]`` (``|v| <= B`` per slot, ``B`` from the plan's calibrated
-   ranges) down to the lowest level that still holds the masked value (fewer bytes),
-2. adds a fresh mask ``r`` drawn per slot from the operating system's CSPRNG, uniform in
-   ``[-2^sigma B, 2^sigma B]`` on the real *and* the imaginary part of every slot, and sends
-   ``[[v + r]]`` (a *refresh request*);
+1. brings each live ciphertext ``[[m]]`` down to the mask level ``L`` (fewer bytes). Its
+   plaintext is an integer polynomial ``m = Delta v + e`` (``Delta`` the scale, ``v`` the slot
+   values, ``e`` the CKKS noise) with coefficients ``|m_j| <= C = 2 Delta B`` when the slots
+   hold ``|Re v| <= B`` (``B`` from the plan's calibrated ranges; the factor 2 covers the
+   imaginary parts and the noise, both far below ``Delta B``),
+2. adds a fresh mask polynomial ``r`` whose ``N`` coefficients are independent integers, uniform
+   in ``[-W/2, W/2)`` with ``W = 2^w``, ``w = sigma + 1 + ceil(log2 C)``, from the operating
+   system's CSPRNG, and sends ``[[m + r]]`` (a *refresh request*);
 
-the client decrypts, keeps the real parts, re-encrypts them at the top level and sends them back
-(a *refresh reply*); the server subtracts ``Re r`` and continues with the next segment.
+the client decrypts to the integer coefficients ``u = m + r`` (CRT with Python integers,
+:mod:`he_backend.eval.rns`), keeps the real part of the slots (``P(u)_0 = u_0``,
+``P(u)_j = floor((u_j - u_{N-j}) / 2)``), encrypts exactly those integers at the top level with
+the same scale and sends them back (a *refresh reply*); the server subtracts ``P(r)`` exactly.
+The result is ``P(m)`` up to one unit per coefficient plus the fresh encryption's noise.
 
-Leakage. For any two values ``|v|, |v'| <= B`` the statistical distance between ``v + r`` and
-``v' + r`` is ``|v - v'| / (2^(sigma+1) B) <= 2^-sigma`` per real coordinate, so what the client
-decrypts at a refresh is within ``2^-sigma`` per coordinate (``n 2^-sigma`` for ``n``
-coordinates, union bound: ``N 2^-sigma`` for a whole ciphertext of ``N/2`` complex slots, and
-over an inference every ciphertext of every round adds ``N``) of a distribution that does not
-depend on ``v`` -- nor on the CKKS noise of the server's computation, which sits inside ``v``.
-That needs a mask per slot: the copies of a periodic value carry different noise, and a shared
-mask would show their differences. Values outside ``[-B, B]`` (inputs far outside the
-calibration range) leak more, gracefully: the distance is ``|v - v'| / (2^(sigma+1) B)``.
+No wrap-around. The mask level is the lowest with ``log2 Q_L >= w + 1``: then
+``|m_j + r_j| < W/2 + C < Q_L / 2``, the client's centred decryption is ``m + r`` over the
+integers and the server's subtraction is exact (no multiple of ``Q_L`` is ever lost). A uniform
+mask modulo ``Q_L`` would hide perfectly but wrap with probability ``~ C / Q_L`` per
+coefficient, a wrong result that the client would see and that depends on ``m``: the same
+leakage as the bounded mask at the same level, so the bounded mask, exact every time, is used.
 
-Precision. The masked value is ``2^sigma`` times larger than ``B``. Its CKKS noise is absolute,
-so it does not grow, but SEAL decodes and encodes through float64 (53-bit mantissa), so the
-client's decode and re-encode round at about ``2^(sigma - 49.5) B``: the refreshed value keeps
-about ``49.5 - sigma`` bits relative to ``B`` (:func:`refresh_precision_bits`; measured at
-N = 8192 and 16384 for sigma 30 to 44 within half a bit), or the CKKS precision at the scale if
-that is lower (sigma = 20 costs nothing at a 40-bit scale, sigma = 30 leaves about 20 bits,
-sigma = 40 about 10). The masked value must also fit the modulus at the level it is sent at,
-``log2 Q_L >= scale_bits + sigma + log2 B + 4`` (:func:`mask_level`); the compiler only cuts
-where the live values are at or above that level (:mod:`he_backend.lowering.segments`).
+Leakage. For two plaintexts with ``|m_j|, |m'_j| <= C`` the statistical distance between
+``m_j + r_j`` and ``m'_j + r_j`` is ``|m_j - m'_j| / W <= 2C / W <= 2^-sigma`` per coefficient;
+by the union bound over the ``N`` coefficients of every masked ciphertext of every round, what
+the client sees in one inference is within ``sum 2C/W <= n 2^-sigma`` of a distribution that
+depends on neither the values nor the server's CKKS noise (which sits inside ``m``). The mask is
+drawn per coefficient: a mask shared by coefficients would show the client their differences,
+unmasked. Values outside ``[-B, B]`` leak gracefully (``|m_j - m'_j| / W``) and stay exact up to
+``2^sigma`` times the bound.
+
+Precision. Nothing is rounded: the refreshed value is the value before the cut plus one fresh
+encryption's noise (``~ 3.2 sqrt(2 N ln N)`` in the slots, about ``2^-30`` at scale ``2^40``),
+whatever ``sigma`` is (:func:`refresh_precision_bits`). A larger ``sigma`` costs modulus at the
+mask level (``w + 1`` bits) and so bytes down, not precision.
 """
 from __future__ import annotations
 
@@ -44,29 +52,33 @@ from typing import Callable
 import numpy as np
 import tenseal.sealapi as sa
 
+from ..eval import rns
 from ..eval.ckks import Engine
 from ..eval.params import CkksParams
 from .serialization import PayloadError, unpack
 
 REQUEST_KIND = "refresh request"
 REPLY_KIND = "refresh reply"
-DEFAULT_SIGMA = 30
-FLOAT_BITS = 49.5  # bits a float64 decode and re-encode keep of a value (measured)
+DEFAULT_SIGMA = 64  # bits per masked coefficient: ResNet-20 (2^19.8 coefficients) stays below 2^-44 in total
+TARGET_BITS = 40  # the statistical security a whole inference should keep
+FRESH_NOISE_STD = 3.2  # SEAL's error distribution
 
 
 @dataclass(frozen=True)
 class MaskPolicy:
-    """Mask width: ``r`` uniform in ``[-2^sigma B, 2^sigma B]`` where ``B = margin * nominal``
-    bounds a value (nominal: ``|t| <= 1`` for polynomial inputs, ``max |p(t)|`` over
-    ``[-1, 1]`` for outputs). ``sigma`` is the statistical security parameter in bits."""
+    """Mask width: every coefficient ``r_j`` uniform in ``[-W/2, W/2)``, ``W = 2^w``,
+    ``w = sigma + 1 + ceil(log2 C)``, ``C = 2 scale B`` bounding the plaintext's coefficients
+    when ``|v| <= B = margin * nominal`` per slot (nominal: ``|t| <= 1`` for polynomial inputs,
+    ``max |p(t)|`` over ``[-1, 1]`` for outputs). ``sigma``: statistical security bits per
+    masked coefficient."""
 
     sigma: int = DEFAULT_SIGMA
     margin: float = 2.0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.sigma <= 48:
-            raise ValueError(f"sigma must be between 1 and 48 bits, got {self.sigma}; "
-                             "the masked value must still fit float64 and the modulus")
+        if not 1 <= self.sigma <= 128:
+            raise ValueError(f"sigma must be between 1 and 128 bits, got {self.sigma}; "
+                             f"{DEFAULT_SIGMA} keeps a ResNet-20 inference below 2^-{TARGET_BITS}")
         if not self.margin >= 1.0:
             raise ValueError(f"margin must be >= 1, got {self.margin}")
 
@@ -108,29 +120,55 @@ def modulus_bits(params: CkksParams, level: int) -> float:
     return float(sum(b - 1 for b in params.coeff_bits[:level]))
 
 
+def coefficient_bound(scale: float, bound: float) -> float:
+    """``C = 2 scale B``: a bound on the plaintext coefficients of slots ``|Re v| <= B``
+    (``|m_j| <= max_k |m(zeta_k)| = scale max |v|``; the 2 covers the imaginary parts and noise)."""
+    return 2.0 * scale * max(bound, 1e-300)
+
+
+def mask_bits(scale: float, bound: float, sigma: int) -> int:
+    """``w``: the mask is uniform in ``[-2^(w-1), 2^(w-1))``, ``w = sigma + 1 + ceil(log2 C)``."""
+    return sigma + 1 + max(math.ceil(math.log2(coefficient_bound(scale, bound))), 0)
+
+
+def coefficient_leakage(scale: float, bound: float, sigma: int) -> float:
+    """Statistical distance per masked coefficient, ``2C / 2^w <= 2^-sigma``."""
+    return 2.0 * coefficient_bound(scale, bound) / 2.0 ** mask_bits(scale, bound, sigma)
+
+
 def mask_level(params: CkksParams, bound: float, sigma: int) -> int | None:
-    """Lowest level whose modulus holds a value of ``|v| <= bound`` masked with ``sigma`` bits:
-    ``log2 Q_L >= scale_bits + sigma + log2 bound + 4`` (complex mask, sign, noise); ``None``
-    if even the top level cannot."""
-    need = params.scale_bits + sigma + math.log2(max(bound, 1e-300)) + 4
+    """Lowest level whose modulus holds every masked coefficient without wrapping around,
+    ``log2 Q_L >= w + 1``; ``None`` if even the top level cannot."""
+    need = mask_bits(params.scale, bound, sigma) + 1
     for level in range(1, params.depth + 2):
         if modulus_bits(params, level) >= need:
             return level
     return None
 
 
-def refresh_precision_bits(sigma: int) -> float:
-    """Bits (relative to the bound ``B``) a masked value keeps through the client's float64
-    decode and re-encode: ``49.5 - sigma`` (measured); the refreshed value carries the smaller of
-    this and the CKKS precision at the scale."""
-    return FLOAT_BITS - sigma
+def refresh_precision_bits(params: CkksParams, bound: float) -> float:
+    """Bits relative to ``B`` a refreshed value keeps: it gains one fresh encryption's noise,
+    at most ``3.2 sqrt(2 N ln N)`` in the slots (and one unit per coefficient of rounding),
+    divided by the scale; ``sigma`` does not enter."""
+    n = params.poly_modulus_degree
+    noise = 2.0 * FRESH_NOISE_STD * math.sqrt(2.0 * n * math.log(n))
+    return params.scale_bits + math.log2(bound) - math.log2(noise)
 
 
 def leakage_bound(sigma: int) -> str:
     """The leakage bound in one sentence."""
-    return (f"at each refresh the client sees every value v (|v| <= B) as v + r with r uniform in "
-            f"[-2^{sigma} B, 2^{sigma} B], within statistical distance 2^-{sigma} per real coordinate "
-            f"of a distribution independent of v and of the server's CKKS noise")
+    return (f"at each refresh the client sees the integer coefficients of every plaintext m (|m_j| <= C) as m + r "
+            f"with r_j uniform in [-W/2, W/2), W >= 2^{sigma + 1} C, within statistical distance 2^-{sigma} per "
+            "coefficient of a distribution independent of the values and of the server's CKKS noise")
+
+
+def secure_integers(count: int, bits: int) -> np.ndarray:
+    """``count`` integers uniform in ``[-2^(bits-1), 2^(bits-1))`` from the OS's CSPRNG (object array)."""
+    size = (bits + 7) // 8
+    raw = os.urandom(size * count)
+    excess, half = 8 * size - bits, 1 << (bits - 1)
+    return np.array([(int.from_bytes(raw[i : i + size], "little") >> excess) - half
+                     for i in range(0, size * count, size)], dtype=object)
 
 
 def secure_uniform(count: int) -> np.ndarray:
@@ -146,44 +184,30 @@ def secure_gaussian(count: int) -> np.ndarray:
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def encode_complex(engine: Engine, values: np.ndarray, scale: float, level: int) -> sa.Plaintext:
-    """A complex slot vector encoded at ``level`` and ``scale``."""
-    pt = sa.Plaintext()
-    engine.encoder.encode(np.asarray(values, dtype=np.complex128).tolist(), engine.parms_id(level), scale, pt)
-    return pt
-
-
-def add_complex(engine: Engine, ct: sa.Ciphertext, values: np.ndarray) -> sa.Ciphertext:
-    """``ct + values`` (complex slots) at ``ct``'s level and scale."""
-    out = sa.Ciphertext()
-    engine.evaluator.add_plain(ct, encode_complex(engine, values, ct.scale, engine.level(ct)), out)
-    return out
-
-
 def mask(engine: Engine, ct: sa.Ciphertext, bound: float, sigma: int, level: int) -> tuple[sa.Ciphertext, np.ndarray]:
-    """``ct`` at ``level`` plus a fresh uniform mask of width ``2^sigma bound`` on the real and
-    imaginary part of every slot; returns the masked ciphertext and the real part of the mask
-    (what the server subtracts after the client re-encrypted the real parts). Every slot gets
-    its own mask, copies of a periodic value (:mod:`he_backend.eval.cyclic`) included: they
-    carry different CKKS noise, and one mask shared by the copies would show the client the
-    differences of that noise, unmasked."""
-    width = 2.0**sigma * bound
-    noise = width * secure_uniform(engine.slots) + 1j * width * secure_uniform(engine.slots)
-    return add_complex(engine, engine.mod_switch(ct, level), noise), noise.real
+    """``ct`` at ``level`` plus a fresh mask polynomial, every coefficient its own uniform
+    integer of :func:`mask_bits` bits; returns the masked ciphertext and ``P(r)``, the real part
+    of the mask (what the server subtracts once the client re-encrypted ``P(m + r)``)."""
+    ct = engine.mod_switch(ct, level)
+    r = secure_integers(engine.params.poly_modulus_degree, mask_bits(ct.scale, bound, sigma))
+    return rns.add_integers(engine, ct, r), rns.real_part(r)
 
 
 def unmask(engine: Engine, ct: sa.Ciphertext, real: np.ndarray) -> sa.Ciphertext:
-    """Remove the mask from a refreshed ciphertext (at the top level and the parameters' scale)."""
-    out = sa.Ciphertext()
-    engine.evaluator.sub_plain(ct, engine.encode(real, ct.scale, engine.level(ct)), out)
-    return out
+    """Remove the mask's real part ``P(r)`` from a refreshed ciphertext, exactly."""
+    return rns.add_integers(engine, ct, real, -1)
 
 
 def flood(engine: Engine, ct: sa.Ciphertext, std: float) -> sa.Ciphertext:
     """Noise flooding: add complex Gaussian noise of standard deviation ``std`` per slot (real
     and imaginary part), hiding the computation's CKKS noise from the decrypting client up to a
     statistical distance of about ``noise / std``, at the cost of ``log2(1 / std)``-bit outputs."""
-    return add_complex(engine, ct, std * (secure_gaussian(engine.slots) + 1j * secure_gaussian(engine.slots)))
+    noise = std * (secure_gaussian(engine.slots) + 1j * secure_gaussian(engine.slots))
+    pt = sa.Plaintext()
+    engine.encoder.encode(noise.tolist(), engine.parms_id(engine.level(ct)), ct.scale, pt)
+    out = sa.Ciphertext()
+    engine.evaluator.add_plain(ct, pt, out)
+    return out
 
 
 # ---- the rounds -----------------------------------------------------------------------------
