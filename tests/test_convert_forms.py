@@ -337,3 +337,18 @@ def test_untraced_models_refuse_what_the_traced_path_refuses_by_module_and_line(
 def test_where_with_module_swapping_is_refused_not_a_raw_torch_error():
     with pytest.raises(UnsupportedOperationError, match=r"in '0' \(test_convert_forms.py:\d+\): torch.where"):
         convert(nn.Sequential(Gate(), nn.ReLU(), nn.Linear(4, 3)).eval(), X_VEC, degree=8, use_fx=False)
+
+
+def test_a_settled_pann_saves_and_reloads_identically(tmp_path):
+    """The rebuild settles the same shape arithmetic and identities (from the saved input shape)."""
+    from polyact.convert.storage import load_pann, save_pann
+
+    model = DropBlock().eval()
+    shuffle = ShuffleBlock().eval()
+    for original in (model, shuffle):
+        pann, _ = convert(original, X_IMG, degree=8)
+        save_pann(pann, tmp_path / "pann.npz")
+        loaded = load_pann(tmp_path / "pann.npz", model=original)
+        x = torch.randn(3, 3, 8, 8)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), pann(x))
