@@ -70,7 +70,7 @@ def truncated(model: nn.Module, blocks: int) -> nn.Module:
 
 
 def convert_arm(model: nn.Module, arm: str, calib: int, alpha: float):
-    from polyact.convert import pipeline as convert
+    from polyact import convert
 
     images = torch.randn(calib, *SHAPE, generator=torch.Generator().manual_seed(2))
     # a composite ReLU diverges outside its interval: 10% around 32 random images' range left
