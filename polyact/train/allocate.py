@@ -109,7 +109,7 @@ class Candidates:
     """A model converted once per precision; :meth:`build` assembles any per-layer assignment.
 
     ``convert_at(alpha)`` returns the PANN at uniform precision ``alpha`` (any hashable setting,
-    e.g. a :class:`polyact.tune.Option`; numbers are compared as floats)."""
+    e.g. a :class:`polyact.tuning.Option`; numbers are compared as floats)."""
 
     def __init__(self, convert_at: Callable[[Any], nn.Module], alphas: Sequence[Any]) -> None:
         self.panns = {_key(a): convert_at(_key(a)) for a in alphas}
