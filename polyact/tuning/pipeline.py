@@ -36,6 +36,7 @@ from torch import nn
 from ..approx.composite import PRODUCT_OF
 from ..convert.pipeline import convert
 from ..convert.report import ConversionReport
+from ..convert.storage import copy_metadata
 from ..data import Dataset
 from ..nn.poly_act import OutOfRangeWarning, polyact_layers
 from ..train.allocate import Candidates, layer_ct_ct_mults
@@ -148,6 +149,7 @@ class _Mixer:
         if not self.options:
             raise ValueError("no option converts this model; see the notes")
         self.candidates = Candidates(lambda o: panns[o], self.options)
+        self.reference = panns[self.options[0]]  # carries polyact's notes (factory, input shape)
         self.sites = self.candidates.layers
         self.skeleton = self.candidates.skeleton
         self.targets = {name: layer.target for name, layer in polyact_layers(self.skeleton).items()}
@@ -190,7 +192,7 @@ def tune(
     epochs: int = 6,
     lr: float = 1e-3,
     distill: float = 0.5,
-    calibration_size: int = 512,
+    calibration_size: int = 2048,
     seed: int = 0,
 ) -> TuneResult:
     """The cheapest PANN of ``model`` within ``max_loss`` accuracy points of its test accuracy
@@ -268,7 +270,7 @@ def _total(cost: list[list[tuple]], choice: Sequence[int]) -> tuple:
 
 def _result(mixer, choice, acc, original, max_loss, objective, rows, notes, sites, opts, sensitivity, depth, mults,
             best) -> TuneResult:
-    pann = copy.deepcopy(mixer.build(choice)).eval()
+    pann = copy_metadata(mixer.reference, copy.deepcopy(mixer.build(choice))).eval()
     return TuneResult(
         pann=pann, original_accuracy=original, accuracy=acc, max_loss=max_loss, objective=objective,
         choice={s: o.label for s, o in choice.items()},
