@@ -62,3 +62,47 @@ def test_worst_case_finetune_trains_and_returns_the_model_with_original_activati
     assert result.stages[0].test_accuracy > 60  # learns while perturbed (untrained: ~10)
     assert any(isinstance(m, nn.GELU) for m in result.model.modules())
     assert not torch.equal(result.model[1].weight, model[1].weight)
+
+
+def test_the_probing_pass_leaves_batch_norm_running_statistics_alone():
+    """One training step updates the running statistics once, as without the perturbation
+    (planted: no restore after the probe -> running mean moved twice -> red)."""
+    torch.manual_seed(0)
+    act = BandPerturbedActivation(nn.ReLU(), 6, 1.0, composite=False)
+    net = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), act, nn.Linear(8, 3)).train()
+    x, y = 3.0 + torch.randn(64, 5), torch.randint(0, 3, (64,))
+    loss_of = lambda: F.cross_entropy(net(x), y)  # noqa: E731
+    bn = net[1]
+    before = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
+    WorstCasePerturbation([act], net)(loss_of)
+    torch.testing.assert_close(bn.running_mean, before[0], rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_var, before[1], rtol=0, atol=0)
+    assert int(bn.num_batches_tracked) == before[2]
+    loss_of()  # the training pass: one update with momentum m
+    h = net[0](x).detach()
+    m = bn.momentum
+    torch.testing.assert_close(bn.running_mean, (1 - m) * before[0] + m * h.mean(0))
+    torch.testing.assert_close(bn.running_var, (1 - m) * before[1] + m * h.var(0, unbiased=True))
+
+
+def _pann_accuracy_at(model, data, **precision):
+    from polyact.convert.pipeline import convert
+    from polyact.train.loop import evaluate
+
+    pann, _ = convert(model, data.calibration(), **precision)
+    return evaluate(pann, data.x_test, data.y_test)
+
+
+def test_the_guard_never_returns_a_pann_below_its_start(digits, digits_mlp):
+    """A learning rate that wrecks the network: unguarded, the PANN ends far below where it
+    started; guarded, it ends at or above the start, measured independently (planted: guard
+    ignored -> red)."""
+    from polyact.train.loop import evaluate
+
+    start = _pann_accuracy_at(digits_mlp, digits, degree=7)
+    wrecked = robust_finetune(digits_mlp, digits, degree=7, lr=3.0, epochs=1, mixup=0.0, guard=False)
+    assert evaluate(wrecked.pann, digits.x_test, digits.y_test) < start - 20  # the scenario is real
+    guarded = robust_finetune(digits_mlp, digits, degree=7, lr=3.0, epochs=1, mixup=0.0)
+    end = evaluate(guarded.pann, digits.x_test, digits.y_test)
+    assert end >= start - 1e-6
+    assert guarded.start_accuracy == start and guarded.final_accuracy == end

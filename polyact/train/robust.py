@@ -229,19 +229,29 @@ class WorstCasePerturbation:
     """The ``perturb`` step of :func:`polyact.train.loop.train_classifier`: run the batch's loss
     once with clean activations, then give every :class:`BandPerturbedActivation` the sign of
     ``dL/dy`` (per call, in call order), so the training pass maximises the first-order loss
-    over the band."""
+    over the band.
 
-    def __init__(self, layers: list[BandPerturbedActivation]) -> None:
+    The probing pass runs in training mode (batch statistics, as the training pass sees them),
+    but it is a measurement: the running statistics of ``model``'s batch norms are left as they
+    were (otherwise every step would update them twice, with momentum ``1 - (1 - m)^2``)."""
+
+    def __init__(self, layers: list[BandPerturbedActivation], model: nn.Module | None = None) -> None:
         self.layers = layers
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if model else []
 
     def __call__(self, loss_of) -> None:
         for layer in self.layers:
             layer.probing, layer.outputs, layer.directions = True, [], []
+        saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in self.norms]
         try:
             loss = loss_of()
         finally:
             for layer in self.layers:
                 layer.probing = False
+            with torch.no_grad():
+                for m, buffers in zip(self.norms, saved):
+                    for k, v in buffers.items():
+                        getattr(m, k).copy_(v)
         outputs = [y for layer in self.layers for y in layer.outputs]
         grads = torch.autograd.grad(loss, outputs, allow_unused=True)
         it = iter(grads)
@@ -294,7 +304,7 @@ def _perturbed_with_step(master: nn.Module, data: Dataset, cfg: RobustConfig) ->
     structure.model.to(data.x_train.device)
     if noise:
         return structure.model, intervals, f"noise 2^-{bits:g} B", None
-    return structure.model, intervals, f"worst case in the 2^-{bits:g} band", WorstCasePerturbation(list(wrappers.values()))
+    return structure.model, intervals, f"worst case in the 2^-{bits:g} band", WorstCasePerturbation(list(wrappers.values()), structure.model)
 
 
 def _plain_intervals(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any]]:
