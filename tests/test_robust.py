@@ -34,7 +34,7 @@ def _net(bits):
 def test_sign_gradient_step_is_the_worst_first_order_perturbation():
     net, act = _net(bits=6)
     x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
-    loss_of = lambda: F.cross_entropy(net(x), y)  # noqa: E731
+    loss_of = lambda: F.cross_entropy(net(x), y)
     net.train()
     clean = loss_of().item()
     WorstCasePerturbation([act])(loss_of)
@@ -71,7 +71,7 @@ def test_the_probing_pass_leaves_batch_norm_running_statistics_alone():
     act = BandPerturbedActivation(nn.ReLU(), 6, 1.0, composite=False)
     net = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), act, nn.Linear(8, 3)).train()
     x, y = 3.0 + torch.randn(64, 5), torch.randint(0, 3, (64,))
-    loss_of = lambda: F.cross_entropy(net(x), y)  # noqa: E731
+    loss_of = lambda: F.cross_entropy(net(x), y)
     bn = net[1]
     before = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
     WorstCasePerturbation([act], net)(loss_of)

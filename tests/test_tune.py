@@ -21,9 +21,9 @@ from polyact.cli import main
 from polyact.data import Dataset
 from polyact.ir.lower import lower
 from polyact.nn.poly_act import polyact_layers
+from polyact.tradeoff import sweep
 from polyact.train.loop import evaluate, predict, train_classifier
 from polyact.train.robust import robust_finetune
-from polyact.tradeoff import sweep
 from polyact.tuning import cheapest_within
 
 pytestmark = pytest.mark.filterwarnings("ignore::polyact.nn.poly_act.OutOfRangeWarning")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Callable
+from collections.abc import Callable
 
 OBJECTIVES = ("latency", "depth")  # polyact.tuning.OBJECTIVES, written out: the parser imports no torch
 METHODS = ("minimax", "lsq")  # polyact.tuning.pipeline.METHODS

@@ -26,8 +26,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,8 +98,9 @@ class TuneResult:
 
     def table(self) -> str:
         head = f"{'setting':<34} {'acc %':>6} {'depth':>5} {'ct*ct':>6} {'meets':>5}"
-        lines = [f"original {self.original_accuracy:.2f}%, bar {self.original_accuracy - self.max_loss:.2f}% "
-                 f"(max loss {self.max_loss:g}), objective {self.objective}", head, "-" * len(head)]
+        title = (f"original {self.original_accuracy:.2f}%, bar {self.original_accuracy - self.max_loss:.2f}% "
+                 f"(max loss {self.max_loss:g}), objective {self.objective}")
+        lines = [title, head, "-" * len(head)]
         lines += [f"{r.setting[:34]:<34} {r.accuracy:>6.2f} {r.depth:>5} {r.ct_ct_mults:>6} {'yes' if r.meets else 'no':>5}"
                   for r in self.rows]
         uniform = self.cheapest_uniform

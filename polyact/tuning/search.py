@@ -17,8 +17,8 @@ only approximate.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 Assignment = dict[str, int]  # site -> index of its option
 
