@@ -100,3 +100,16 @@ def test_tune_command_prints_the_choice_and_table(tmp_path, capsys):
     assert set(result["choice"]) and result["rows"] and result["out"] == str(out)
     pann = polyact.load_pann(out)
     assert {n: f"{m.meta['method']} d={m.degree}" for n, m in polyact_layers(pann).items()} == result["choice"]
+
+
+def test_tune_fine_tunes_when_conversion_alone_misses_the_budget(digits, short_cnn):
+    """Degree 3 only, no loss allowed: conversion loses ~6 points, so the same call fine-tunes
+    (distillation, guard) and returns a degree-3 PANN back at the original's accuracy."""
+    tuned = polyact.tune(short_cnn, digits, max_loss=0.0, objective="depth", degrees=(3,), methods=("minimax",),
+                         alphas=(), epochs=2)
+    original = evaluate(short_cnn, digits.x_test, digits.y_test)
+    converted = [r for r in tuned.rows if r.setting.startswith("uniform")]
+    assert converted and all(r.accuracy < original - 2 for r in converted)
+    assert tuned.finetuned
+    assert evaluate(tuned.pann, digits.x_test, digits.y_test) >= original - 1e-6
+    assert {m.degree for m in polyact_layers(tuned.pann).values()} == {3}

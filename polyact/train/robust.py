@@ -55,6 +55,7 @@ Techniques (each switchable in :class:`RobustConfig`):
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -323,9 +324,10 @@ def _plain_intervals(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tup
 def _calibration_batches(data: Dataset, cfg: RobustConfig) -> Any:
     """The calibration inputs for :func:`polyact.convert`; with ``report_depth=False`` as a
     one-pass iterator, so the report skips lowering the network (costly for large inputs) and
-    its depth is ``None``."""
+    its depth is ``None``. ``convert`` takes its example input from such an iterator's first
+    batch, so that batch is one duplicated sample: every calibration input is still observed."""
     calib = data.calibration(cfg.calibration_size).cpu()
-    return calib if cfg.report_depth else iter(calib.split(256))
+    return calib if cfg.report_depth else itertools.chain([calib[:1]], calib.split(256))
 
 
 def _schedule(cfg: RobustConfig, sites: list[str]) -> list[tuple[str, dict[str, Any]]]:
