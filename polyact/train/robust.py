@@ -246,15 +246,15 @@ class WorstCasePerturbation:
         saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in self.norms]
         try:
             loss = loss_of()
-        finally:
+            outputs = [y for layer in self.layers for y in layer.outputs]
+            grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+        finally:  # after the backward pass: batch norm saves its buffers for it
             for layer in self.layers:
                 layer.probing = False
             with torch.no_grad():
                 for m, buffers in zip(self.norms, saved):
                     for k, v in buffers.items():
                         getattr(m, k).copy_(v)
-        outputs = [y for layer in self.layers for y in layer.outputs]
-        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
         it = iter(grads)
         for layer in self.layers:
             layer.directions = [torch.zeros_like(y) if g is None else g.sign() for y, g in
