@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "poly_from_json": "approx.polynomials",
     "save_model": "convert.storage",
     "save_pann": "convert.storage",
+    "tune": "tuning.pipeline",
 }
 # public submodules
 _SUBMODULES = ("train", "tradeoff")

@@ -161,7 +161,8 @@ def test_robust_training_penalises_clamps_and_carries_weights_between_stages(mon
     spy = TrainingSpy(penalty_weight=2.5)
     monkeypatch.setattr(polyact.train.robust, "train_classifier", spy)
     model = _two_activation_model()
-    result = robust_finetune(model, _robust_data(), degree=3, range_penalty=2.5, progressive=progressive, epochs=6)
+    result = robust_finetune(model, _robust_data(), degree=3, range_penalty=2.5, progressive=progressive, epochs=6,
+                             guard=False)  # the spy's +1 is no training: the guard would (rightly) undo it
     assert len(spy.entering) == len(result.stages) == stages
     original = {k: v for k, v in model.named_parameters()}
     for name, value in spy.entering[0].items():
@@ -181,7 +182,7 @@ def test_fine_tuning_a_pann_penalises_and_clamps_too(monkeypatch):
     pann, _ = convert(model, _robust_data().x_train, degree=3)
     spy = TrainingSpy(penalty_weight=1.0)
     monkeypatch.setattr(polyact.train.robust, "train_classifier", spy)
-    robust_finetune(pann, _robust_data(), epochs=1)
+    robust_finetune(pann, _robust_data(), epochs=1, guard=False)
     assert len(spy.penalties) == 1
 
 

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("polyact.convert",),                        # model -> PANN
     ("polyact.train",),                          # robust fine-tuning, allocation
     ("polyact.tradeoff", "polyact.plots"),       # measurement
+    ("polyact.tuning",),                         # the cheapest PANN within an accuracy budget
     ("he_backend.eval",),                        # CKKS engine and the steps it runs
     ("he_backend.protocol",),                    # plan, keys, client, server, refresh rounds
     ("he_backend.lowering",),                    # PANN graph -> plan

@@ -15,7 +15,7 @@ from polyact.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^\| (?P<names>`[^|]+`) \| `(?P<module>[\w.]+)` \| .+ \|$")
-VERBS = {"bench", "compile", "convert", "demo", "encrypt-run", "fit", "serve", "tradeoff", "train"}
+VERBS = {"bench", "compile", "convert", "demo", "encrypt-run", "fit", "serve", "tradeoff", "train", "tune"}
 
 
 def _documented() -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ import warnings
 from typing import Callable, Sequence
 
 from . import encrypted
+from . import tune as tune_verb
 from .options import DATASET_HELP
 
 EXIT_USAGE = 2
@@ -347,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in COMMANDS:
         add(sub)
+    tune_verb.add(sub, _command, _add_data_and_model, _load_data_and_model)
     for add_encrypted in encrypted.COMMANDS:
         add_encrypted(sub, _command)
     return parser

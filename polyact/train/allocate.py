@@ -96,6 +96,10 @@ def greedy_allocate(
     return result
 
 
+def _key(setting: Any) -> Any:
+    return float(setting) if isinstance(setting, (int, float)) else setting
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -104,20 +108,21 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 class Candidates:
     """A model converted once per precision; :meth:`build` assembles any per-layer assignment.
 
-    ``convert_at(alpha)`` returns the PANN at uniform precision ``alpha``."""
+    ``convert_at(alpha)`` returns the PANN at uniform precision ``alpha`` (any hashable setting,
+    e.g. a :class:`polyact.tuning.Option`; numbers are compared as floats)."""
 
-    def __init__(self, convert_at: Callable[[float], nn.Module], alphas: Sequence[float]) -> None:
-        self.panns = {float(a): convert_at(float(a)) for a in alphas}
+    def __init__(self, convert_at: Callable[[Any], nn.Module], alphas: Sequence[Any]) -> None:
+        self.panns = {_key(a): convert_at(_key(a)) for a in alphas}
         names = [list(polyact_layers(p)) for p in self.panns.values()]
         if any(n != names[0] for n in names):
             raise ValueError("the PANNs at different precisions have different activation layers")
         self.layers: list[str] = names[0]
         self.skeleton = copy.deepcopy(next(iter(self.panns.values())))
 
-    def layer(self, name: str, alpha: float) -> PolyAct:
-        if float(alpha) not in self.panns:
-            raise ValueError(f"precision {alpha:g} was not converted; candidates are {sorted(self.panns)}")
-        return polyact_layers(self.panns[float(alpha)])[name]
+    def layer(self, name: str, alpha: Any) -> PolyAct:
+        if _key(alpha) not in self.panns:
+            raise ValueError(f"precision {alpha} was not converted; candidates are {list(self.panns)}")
+        return polyact_layers(self.panns[_key(alpha)])[name]
 
     def build(self, assignment: Assignment) -> nn.Module:
         """The skeleton with each layer's polynomial taken from the PANN at its precision

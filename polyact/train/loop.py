@@ -1,7 +1,9 @@
-"""A small, deterministic training loop for classifiers (Adam, cosine schedule, optional mixup
-and extra loss terms), plus evaluation helpers."""
+"""A small, deterministic training loop for classifiers (Adam, cosine schedule, optional mixup,
+distillation from a teacher and extra loss terms), a best-checkpoint guard, and evaluation
+helpers."""
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -44,6 +46,37 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return accuracy(predict(model, x), y)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al.), batch mean."""
+    t = temperature
+    return t * t * F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+                            reduction="batchmean")
+
+
+class BestCheckpoint:
+    """The best-checkpoint guard: scores the model before training and after every epoch
+    (``score(model)``, higher is better) and keeps the best state, so :meth:`restore` never
+    leaves the model worse than it started (by that score)."""
+
+    def __init__(self, model: nn.Module, score: Callable[[nn.Module], float]) -> None:
+        self.score = score
+        self.start = self.best = float(score(model))
+        self.best_epoch = 0  # 0: the starting weights
+        self.state = copy.deepcopy(model.state_dict())
+        self.scores: list[float] = [self.start]
+
+    def __call__(self, model: nn.Module, epoch: int) -> None:
+        value = float(self.score(model))
+        self.scores.append(value)
+        if value > self.best:
+            self.best, self.best_epoch = value, epoch
+            self.state = copy.deepcopy(model.state_dict())
+
+    def restore(self, model: nn.Module) -> nn.Module:
+        model.load_state_dict(self.state)
+        return model
+
+
 def train_classifier(
     model: nn.Module,
     data: Dataset,
@@ -60,6 +93,10 @@ def train_classifier(
     grad_clip: float | None = 5.0,
     seed: int = 0,
     progress: bool = False,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
+    temperature: float = 2.0,
+    on_epoch: Callable[[nn.Module, int], None] | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place with a cosine learning-rate schedule.
 
@@ -69,8 +106,13 @@ def train_classifier(
     forward pass (e.g. a range penalty collected by hooks). ``perturb(loss_of)``, if given, is
     called before each batch's forward pass with a function computing that batch's loss (it may
     run it to choose worst-case perturbations, see :class:`polyact.train.robust.WorstCasePerturbation`). Batches with a non-finite loss are
-    skipped; too many of them raise ``RuntimeError``.
+    skipped; too many of them raise ``RuntimeError``. With a ``teacher`` (kept in eval mode) the
+    loss is ``(1 - distill) CE + distill T^2 KL(teacher || student)`` at temperature ``T``
+    (:func:`distillation_loss`). ``on_epoch(model, epoch)`` runs after each epoch (e.g. a
+    :class:`BestCheckpoint`).
     """
+    if not 0.0 <= distill <= 1.0 or (distill > 0 and teacher is None):
+        raise ValueError(f"distill must be in [0, 1] and needs a teacher, got distill={distill}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if optimizer == "adamw":
@@ -85,7 +127,7 @@ def train_classifier(
     history = TrainHistory()
     skipped = 0
     bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
-    for _ in bar:
+    for epoch in bar:
         model.train()
         order = torch.randperm(len(data.x_train))
         total, count = 0.0, 0
@@ -99,9 +141,17 @@ def train_classifier(
             else:
                 inputs, targets, weights = x, (y,), (1.0,)
 
-            def loss_of(inputs=inputs, targets=targets, weights=weights) -> torch.Tensor:
+            soft = None
+            if teacher is not None and distill > 0:
+                with torch.no_grad():
+                    soft = teacher.eval()(inputs)
+
+            def loss_of(inputs=inputs, targets=targets, weights=weights, soft=soft) -> torch.Tensor:
                 logits = model(inputs)
-                return sum(w * F.cross_entropy(logits, t) for w, t in zip(weights, targets))
+                loss = sum(w * F.cross_entropy(logits, t) for w, t in zip(weights, targets))
+                if soft is None:
+                    return loss
+                return (1.0 - distill) * loss + distill * distillation_loss(logits, soft, temperature)
 
             if perturb is not None:
                 perturb(loss_of)
@@ -129,5 +179,8 @@ def train_classifier(
             warnings.simplefilter("ignore", OutOfRangeWarning)
             history.test_accuracy.append(evaluate(model, data.x_test, data.y_test))
         bar.set_postfix(loss=f"{history.loss[-1]:.3f}", acc=f"{history.test_accuracy[-1]:.1f}")
+        if on_epoch is not None:
+            on_epoch(model, epoch + 1)
+            model.train()
     model.eval()
     return history

@@ -41,10 +41,21 @@ Techniques (each switchable in :class:`RobustConfig`):
 ``trainable_coefficients``
     Polynomial coefficients become parameters, initialised from the fit; intervals stay fixed
     so degree and depth do not change.
+``distill`` (with a teacher: the original model by default)
+    The loss becomes ``(1 - distill) CE + distill T^2 KL(teacher || student)`` at temperature
+    ``T`` (``temperature``): the PANN learns the original's outputs, not only the labels.
+``overrides``
+    Per-layer precisions, as in :func:`polyact.convert` (used by :func:`polyact.tune`).
+``guard=True``
+    The best-checkpoint guard (:class:`polyact.train.loop.BestCheckpoint`): the test accuracy
+    of the PANN at the target precision is measured before training and after every epoch, the
+    best weights are kept, and the result is never worse than the start at that precision
+    (``RobustResult.start_accuracy`` / ``final_accuracy``).
 """
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -61,7 +72,7 @@ from ..convert.storage import copy_metadata
 from ..data import Dataset
 from ..nn.poly_act import polyact_layers
 from ..nn.sites import ActivationSlot
-from .loop import evaluate, train_classifier
+from .loop import BestCheckpoint, evaluate, train_classifier
 
 PERTURBATIONS = ("polynomial", "noise", "worst_case", None)
 PROGRESSIVE = ("layers", "degree", None)
@@ -89,6 +100,10 @@ class RobustConfig:
     mixup: float = 0.2
     progressive: str | None = None
     trainable_coefficients: bool = False
+    guard: bool = True
+    overrides: dict[str, dict[str, Any]] | None = None
+    distill: float = 0.0
+    temperature: float = 2.0
     epochs: int = 30
     lr: float = 3e-3
     batch_size: int = 64
@@ -97,7 +112,8 @@ class RobustConfig:
     def precision(self) -> dict[str, Any]:
         """The keyword arguments of :func:`polyact.convert` fixing the final PANN."""
         keys = ("method", "degree", "bits", "alpha", "tolerance", "margin", "per_channel")
-        return {k: getattr(self, k) for k in keys}
+        out = {k: getattr(self, k) for k in keys}
+        return {**out, "overrides": self.overrides} if self.overrides else out
 
 
 @dataclass
@@ -117,6 +133,8 @@ class RobustResult:
     report: ConversionReport | None
     stages: list[Stage] = field(default_factory=list)
     model: nn.Module | None = None  # the fine-tuned weights with the original activations
+    start_accuracy: float | None = None  # the start's PANN at the target precision (guard on)
+    final_accuracy: float | None = None  # the returned PANN, same measure
 
 
 def range_penalty(x: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
@@ -212,21 +230,31 @@ class WorstCasePerturbation:
     """The ``perturb`` step of :func:`polyact.train.loop.train_classifier`: run the batch's loss
     once with clean activations, then give every :class:`BandPerturbedActivation` the sign of
     ``dL/dy`` (per call, in call order), so the training pass maximises the first-order loss
-    over the band."""
+    over the band.
 
-    def __init__(self, layers: list[BandPerturbedActivation]) -> None:
+    The probing pass runs in training mode (batch statistics, as the training pass sees them),
+    but it is a measurement: the running statistics of ``model``'s batch norms are left as they
+    were (otherwise every step would update them twice, with momentum ``1 - (1 - m)^2``)."""
+
+    def __init__(self, layers: list[BandPerturbedActivation], model: nn.Module | None = None) -> None:
         self.layers = layers
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if model else []
 
     def __call__(self, loss_of) -> None:
         for layer in self.layers:
             layer.probing, layer.outputs, layer.directions = True, [], []
+        saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in self.norms]
         try:
             loss = loss_of()
-        finally:
+            outputs = [y for layer in self.layers for y in layer.outputs]
+            grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+        finally:  # after the backward pass: batch norm saves its buffers for it
             for layer in self.layers:
                 layer.probing = False
-        outputs = [y for layer in self.layers for y in layer.outputs]
-        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+            with torch.no_grad():
+                for m, buffers in zip(self.norms, saved):
+                    for k, v in buffers.items():
+                        getattr(m, k).copy_(v)
         it = iter(grads)
         for layer in self.layers:
             layer.directions = [torch.zeros_like(y) if g is None else g.sign() for y, g in
@@ -277,7 +305,7 @@ def _perturbed_with_step(master: nn.Module, data: Dataset, cfg: RobustConfig) ->
     structure.model.to(data.x_train.device)
     if noise:
         return structure.model, intervals, f"noise 2^-{bits:g} B", None
-    return structure.model, intervals, f"worst case in the 2^-{bits:g} band", WorstCasePerturbation(list(wrappers.values()))
+    return structure.model, intervals, f"worst case in the 2^-{bits:g} band", WorstCasePerturbation(list(wrappers.values()), structure.model)
 
 
 def _plain_intervals(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tuple[nn.Module, dict[nn.Module, Any]]:
@@ -296,9 +324,10 @@ def _plain_intervals(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tup
 def _calibration_batches(data: Dataset, cfg: RobustConfig) -> Any:
     """The calibration inputs for :func:`polyact.convert`; with ``report_depth=False`` as a
     one-pass iterator, so the report skips lowering the network (costly for large inputs) and
-    its depth is ``None``."""
+    its depth is ``None``. ``convert`` takes its example input from such an iterator's first
+    batch, so that batch is one duplicated sample: every calibration input is still observed."""
     calib = data.calibration(cfg.calibration_size).cpu()
-    return calib if cfg.report_depth else iter(calib.split(256))
+    return calib if cfg.report_depth else itertools.chain([calib[:1]], calib.split(256))
 
 
 def _schedule(cfg: RobustConfig, sites: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -321,41 +350,70 @@ def _schedule(cfg: RobustConfig, sites: list[str]) -> list[tuple[str, dict[str, 
 
 
 def _train_stage(model: nn.Module, intervals: dict[nn.Module, Any], data: Dataset, cfg: RobustConfig, epochs: int,
-                 perturb: Any = None) -> None:
+                 perturb: Any = None, guard: BestCheckpoint | None = None, teacher: nn.Module | None = None) -> None:
+    """Train one stage; with a ``guard``, end on its best weights (the start's if none beat it)."""
     penalty = RangePenalty(intervals, cfg.range_penalty) if cfg.range_penalty > 0 else None
     try:
         train_classifier(model, data, epochs=epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                          batch_size=cfg.batch_size, mixup=cfg.mixup, extra_loss=penalty, perturb=perturb,
-                         seed=cfg.seed)
+                         seed=cfg.seed, on_epoch=guard, teacher=teacher, distill=cfg.distill if teacher else 0.0,
+                         temperature=cfg.temperature)
     finally:
         if penalty is not None:
             penalty.remove()
+    if guard is not None:
+        if len(guard.scores) == 1:  # a trainer that reported no epoch: score where it ended
+            guard(model, epochs)
+        guard.restore(model)
+
+
+def _pann_accuracy(model: nn.Module, data: Dataset, cfg: RobustConfig) -> float:
+    """Test accuracy of ``model``'s PANN at the target precision (converted on the CPU)."""
+    pann, _ = convert(copy.deepcopy(model).cpu(), _calibration_batches(data, cfg), **cfg.precision())
+    return evaluate(pann.to(data.x_test.device), data.x_test, data.y_test)
+
+
+def _converting_guard(trained: nn.Module, master: nn.Module, data: Dataset, cfg: RobustConfig) -> BestCheckpoint:
+    """A guard for training with the original activations: it scores the PANN that ``trained``'s
+    weights (copied into ``master``'s structure) give at the target precision."""
+    probe = copy.deepcopy(master)
+
+    def score(model: nn.Module) -> float:
+        _copy_weights(model, probe)
+        return _pann_accuracy(probe, data, cfg)
+
+    return BestCheckpoint(trained, score)
 
 
 def _polyact_intervals(pann: nn.Module) -> dict[nn.Module, Any]:
     return {m: m.bounds for m in polyact_layers(pann).values()}
 
 
-def _train_pann(pann: nn.Module, data: Dataset, cfg: RobustConfig, epochs: int) -> None:
-    """Train a PANN through its polynomials, inputs clipped to the intervals while training."""
+def _train_pann(pann: nn.Module, data: Dataset, cfg: RobustConfig, epochs: int, guarded: bool = False,
+                teacher: nn.Module | None = None) -> None:
+    """Train a PANN through its polynomials, inputs clipped to the intervals while training;
+    ``guarded``: keep the epoch (or the start) with the best test accuracy."""
     layers = polyact_layers(pann).values()
+    guard = BestCheckpoint(pann, lambda m: evaluate(m, data.x_test, data.y_test)) if guarded else None
     for layer in layers:
         layer.clamp_in_training = True
     try:
-        _train_stage(pann, _polyact_intervals(pann), data, cfg, epochs)
+        _train_stage(pann, _polyact_intervals(pann), data, cfg, epochs, guard=guard, teacher=teacher)
     finally:
         for layer in layers:
             layer.clamp_in_training = False
             layer.reset_range_counters()  # counts from training are not the user's inputs
 
 
-def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None = None, **changes: Any) -> RobustResult:
+def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None = None, *,
+                    teacher: nn.Module | None = None, **changes: Any) -> RobustResult:
     """Fine-tune ``model`` (an original model or a PANN) so that its PANN at the target
     precision keeps the accuracy; see the module docstring for the techniques.
 
     Settings come from ``config`` (a :class:`RobustConfig`) updated by keyword arguments, e.g.
     ``robust_finetune(model, digits, bits=4, epochs=15)``. Returns a :class:`RobustResult`
-    whose ``pann`` is ready for :func:`he_backend.compile`.
+    whose ``pann`` is ready for :func:`he_backend.compile`. ``teacher`` (with ``distill > 0``):
+    the model to distil from; by default a frozen copy of ``model`` (required if it is a PANN).
     """
     valid = {f.name for f in fields(RobustConfig)}
     if set(changes) - valid:
@@ -367,28 +425,40 @@ def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None
         raise ValueError(f"progressive must be one of {PROGRESSIVE}, got {cfg.progressive!r}")
     if cfg.weight_decay < 0 or cfg.range_penalty < 0:
         raise ValueError("weight_decay and range_penalty must be >= 0")
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise ValueError(f"distill must be in [0, 1], got {cfg.distill}")
     device = data.x_train.device  # train there; calibrate and fit on the CPU
     master = copy.deepcopy(model).to(device)
+    if cfg.distill > 0 and teacher is None:
+        if polyact_layers(master):
+            raise ValueError("distilling into a PANN needs teacher= (its original model)")
+        teacher = copy.deepcopy(model).to(device).eval()
+    teacher = teacher.to(device).eval() if cfg.distill > 0 else None
     stages: list[Stage] = []
 
     if polyact_layers(master):  # already a PANN: fine-tune it as it is
         if cfg.trainable_coefficients:
             for layer in polyact_layers(master).values():
                 layer.set_trainable(True)
-        _train_pann(master, data, cfg, cfg.epochs)
-        stages.append(Stage("fine-tune PANN", cfg.epochs, evaluate(master, data.x_test, data.y_test)))
-        return RobustResult(copy_metadata(model, master).eval(), None, stages)
+        start = evaluate(master, data.x_test, data.y_test) if cfg.guard else None
+        _train_pann(master, data, cfg, cfg.epochs, guarded=cfg.guard, teacher=teacher)
+        final = evaluate(master, data.x_test, data.y_test)
+        stages.append(Stage("fine-tune PANN", cfg.epochs, final))
+        return RobustResult(copy_metadata(model, master).eval(), None, stages, None, start, final if cfg.guard else None)
 
     if all(cfg.precision()[k] is None for k in ("degree", "bits", "alpha", "tolerance")):
         raise ValueError("give the target precision: degree=, bits=, alpha= or tolerance=")
     if cfg.perturbation != "polynomial" and (cfg.progressive or cfg.trainable_coefficients):
         raise ValueError("progressive replacement and trainable coefficients train through the "
                          "polynomials: use perturbation='polynomial'")
+    start_state = copy.deepcopy(master.state_dict())
+    start = _pann_accuracy(master, data, cfg) if cfg.guard else None
     sites = [s.name for s in prepare_structure(master).sites]
     schedule = _schedule(cfg, sites) if cfg.perturbation == "polynomial" else [("original activations", {})]
     per_stage = max(1, cfg.epochs // len(schedule))
     pann, report = None, None
-    for label, kwargs in schedule:
+    for i, (label, kwargs) in enumerate(schedule):
+        last = i == len(schedule) - 1  # the stage at the target precision, every layer converted
         if cfg.perturbation == "polynomial":
             pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **kwargs)
             pann.to(device)
@@ -396,17 +466,25 @@ def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None
                 for layer in polyact_layers(pann).values():
                     layer.set_trainable(True)
             trained = pann
-            _train_pann(pann, data, cfg, per_stage)
+            _train_pann(pann, data, cfg, per_stage, guarded=cfg.guard and last, teacher=teacher)
         else:
             perturb = None
             if cfg.perturbation is not None:
                 trained, intervals, label, perturb = _perturbed_with_step(master, data, cfg)
             else:
                 trained, intervals = _plain_intervals(master, data, cfg)
-            _train_stage(trained, intervals, data, cfg, per_stage, perturb)
+            guard = _converting_guard(trained, master, data, cfg) if cfg.guard else None
+            _train_stage(trained, intervals, data, cfg, per_stage, perturb, guard, teacher)
         stages.append(Stage(label, per_stage, evaluate(trained, data.x_test, data.y_test)))
         _copy_weights(trained, master)
-    if pann is not None:  # the last stage converted every layer at the target precision
-        return RobustResult(pann.eval(), report, stages, master.to(device).eval())
-    pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **cfg.precision())
-    return RobustResult(pann.to(device), report, stages, master.to(device).eval())
+    if pann is None:
+        pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **cfg.precision())
+        pann.to(device)
+    final = evaluate(pann, data.x_test, data.y_test) if cfg.guard else None
+    if start is not None and final < start:  # progressive stages ended below the start: keep the start
+        master.load_state_dict(start_state)
+        pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **cfg.precision())
+        pann.to(device)
+        final = evaluate(pann, data.x_test, data.y_test)
+        stages.append(Stage("guard: kept the starting weights", 0, final))
+    return RobustResult(pann.eval(), report, stages, master.to(device).eval(), start, final)
