@@ -529,3 +529,22 @@ def test_non_polynomial_layers_are_refused_by_name():
     text = str(info.value)
     assert "nn.MultiheadAttention" in text and "polynomial mixing layer" in text
     assert "nn.LayerNorm" in text and "BatchNorm" in text
+
+
+def test_a_one_pass_iterator_of_batches_is_calibrated_on_every_batch(digits, digits_cnn):
+    """A generator is read once: the input shape and the tracing example must not consume
+    batches that calibration then never observes (the first batch holds the widest inputs)."""
+    calib = digits.calibration(512)
+    batches = [calib[:128] * 3, *calib[128:].split(128)]
+    _, from_list = convert(digits_cnn, batches, degree=7)
+    _, from_iterator = convert(digits_cnn, (b for b in batches), degree=7)
+    assert [layer.observed for layer in from_iterator.layers] == [layer.observed for layer in from_list.layers]
+    assert from_iterator.depth == from_list.depth is not None
+
+
+def test_report_depth_false_skips_lowering(digits, digits_cnn):
+    calib = digits.calibration(256)
+    _, report = convert(digits_cnn, calib, degree=7, report_depth=False)
+    _, lowered = convert(digits_cnn, calib, degree=7)
+    assert report.depth is None and lowered.depth is not None
+    assert [layer.interval for layer in report.layers] == [layer.interval for layer in lowered.layers]

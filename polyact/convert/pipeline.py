@@ -289,6 +289,7 @@ def convert(
     use_fx: bool = True,
     batch_size: int = 256,
     progress: bool = False,
+    report_depth: bool = True,
 ) -> tuple[nn.Module, ConversionReport]:
     """Replace every activation of ``model`` by a fitted polynomial.
 
@@ -296,7 +297,8 @@ def convert(
     ----------
     model : a trained ``nn.Module`` (not modified; a copy is converted).
     calib_data : input tensor, a :class:`polyact.data.Dataset` (a calibration subset of its
-        training inputs), or an iterable of batches (tensors or ``(x, y)`` pairs).
+        training inputs), or an iterable of batches (tensors or ``(x, y)`` pairs); a one-pass
+        iterator (a generator) is read once into a list, so that every batch is observed.
     method : ``"minimax"``, ``"chebyshev"`` or ``"lsq"`` (weighted by the observed histogram).
     degree, tolerance, bits, alpha : the precision: a degree, a max error on the interval, a
         max error ``2^-bits max(|a|, |b|)`` relative to the interval, or composite sign
@@ -317,6 +319,8 @@ def convert(
     maxpool_alpha : precision bits of the max-pool ``|x|`` (per level by name in ``overrides``,
         e.g. ``{"features.2.abs0": {"bits": 7}}``, or ``{"alpha": 8}`` for a composite).
     use_fx : trace with torch.fx (else swap activation modules only).
+    report_depth : lower the PANN to report its depth (:mod:`polyact.ir.lower`; costly for large
+        inputs); ``False`` leaves the report's depth ``None``.
 
     Returns ``(pann, report)``.
     """
@@ -328,6 +332,8 @@ def convert(
     for key, change in overrides.items():
         if set(change) - valid_keys:
             raise ValueError(f"overrides[{key!r}] has unknown settings {sorted(set(change) - valid_keys)}; use {sorted(valid_keys)}")
+    if not isinstance(calib_data, (torch.Tensor, Dataset)) and iter(calib_data) is calib_data:
+        calib_data = list(calib_data)  # shape, tracing example and calibration each read the batches
     input_shape = _input_shape(calib_data)
     structure = prepare_structure(model, maxpool=maxpool, use_fx=use_fx, example=_first_batch(calib_data),
                                   input_shape=input_shape)
@@ -372,13 +378,16 @@ def convert(
         options["call_counts"] = dict(structure.call_counts)
     setattr(pann, STRUCTURE_ATTR, options)
     setattr(pann, INPUT_SHAPE_ATTR, list(input_shape) if input_shape else None)
-    return pann, build_report(pann, layers, input_shape, structure.notes + _pool_notes(structure, layers))
+    notes = structure.notes + _pool_notes(structure, layers)
+    return pann, build_report(pann, layers, input_shape, notes, lower_graph=report_depth)
 
 
-def build_report(pann: nn.Module, layers: list[LayerReport], input_shape: tuple[int, ...] | None, notes: list[str]) -> ConversionReport:
-    """Totals for a converted network: depth from its lowered graph (see :mod:`polyact.ir.lower`)."""
+def build_report(pann: nn.Module, layers: list[LayerReport], input_shape: tuple[int, ...] | None, notes: list[str],
+                 lower_graph: bool = True) -> ConversionReport:
+    """Totals for a converted network: depth from its lowered graph (see :mod:`polyact.ir.lower`),
+    unless ``lower_graph`` is false or the input shape is unknown."""
     depth, evals, notes = None, 0, list(notes)
-    if input_shape is not None:
+    if input_shape is not None and lower_graph:
         try:
             graph = lower(copy.deepcopy(pann), input_shape)  # lower() may cast a traced copy's shared modules
             depth = graph.depth

@@ -55,7 +55,6 @@ Techniques (each switchable in :class:`RobustConfig`):
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -321,13 +320,11 @@ def _plain_intervals(master: nn.Module, data: Dataset, cfg: RobustConfig) -> tup
     return structure.model.to(data.x_train.device), intervals
 
 
-def _calibration_batches(data: Dataset, cfg: RobustConfig) -> Any:
-    """The calibration inputs for :func:`polyact.convert`; with ``report_depth=False`` as a
-    one-pass iterator, so the report skips lowering the network (costly for large inputs) and
-    its depth is ``None``. ``convert`` takes its example input from such an iterator's first
-    batch, so that batch is one duplicated sample: every calibration input is still observed."""
+def _convert(model: nn.Module, data: Dataset, cfg: RobustConfig, **precision: Any) -> tuple[nn.Module, Any]:
+    """:func:`polyact.convert` on CPU with ``cfg``'s calibration subset (and depth only if
+    ``cfg.report_depth``: lowering is costly for large inputs)."""
     calib = data.calibration(cfg.calibration_size).cpu()
-    return calib if cfg.report_depth else itertools.chain([calib[:1]], calib.split(256))
+    return convert(model.cpu(), calib, report_depth=cfg.report_depth, **precision)
 
 
 def _schedule(cfg: RobustConfig, sites: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -369,7 +366,7 @@ def _train_stage(model: nn.Module, intervals: dict[nn.Module, Any], data: Datase
 
 def _pann_accuracy(model: nn.Module, data: Dataset, cfg: RobustConfig) -> float:
     """Test accuracy of ``model``'s PANN at the target precision (converted on the CPU)."""
-    pann, _ = convert(copy.deepcopy(model).cpu(), _calibration_batches(data, cfg), **cfg.precision())
+    pann, _ = _convert(copy.deepcopy(model), data, cfg, **cfg.precision())
     return evaluate(pann.to(data.x_test.device), data.x_test, data.y_test)
 
 
@@ -460,7 +457,7 @@ def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None
     for i, (label, kwargs) in enumerate(schedule):
         last = i == len(schedule) - 1  # the stage at the target precision, every layer converted
         if cfg.perturbation == "polynomial":
-            pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **kwargs)
+            pann, report = _convert(master, data, cfg, **kwargs)
             pann.to(device)
             if cfg.trainable_coefficients:
                 for layer in polyact_layers(pann).values():
@@ -478,12 +475,12 @@ def robust_finetune(model: nn.Module, data: Dataset, config: RobustConfig | None
         stages.append(Stage(label, per_stage, evaluate(trained, data.x_test, data.y_test)))
         _copy_weights(trained, master)
     if pann is None:
-        pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **cfg.precision())
+        pann, report = _convert(master, data, cfg, **cfg.precision())
         pann.to(device)
     final = evaluate(pann, data.x_test, data.y_test) if cfg.guard else None
     if start is not None and final < start:  # progressive stages ended below the start: keep the start
         master.load_state_dict(start_state)
-        pann, report = convert(master.cpu(), _calibration_batches(data, cfg), **cfg.precision())
+        pann, report = _convert(master, data, cfg, **cfg.precision())
         pann.to(device)
         final = evaluate(pann, data.x_test, data.y_test)
         stages.append(Stage("guard: kept the starting weights", 0, final))
