@@ -185,3 +185,14 @@ def test_torchscript_is_refused_without_loading_it(tmp_path, monkeypatch, capsys
     assert main(["convert", "--model", str(path), "--dataset", "digits"]) == 2
     assert "scripted.pt is TorchScript" in capsys.readouterr().err
     assert loads == []
+
+
+def test_a_deeply_nested_header_is_a_named_refusal(files, tmp_path):
+    # planted: unpack without RecursionError in its except -> a raw RecursionError
+    meta = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "nested.bundle"
+    path.write_bytes(MAGIC + struct.pack("<I", len(meta)) + meta)
+    with pytest.raises(PayloadError, match="nested.bundle: corrupted server bundle: unreadable header"):
+        load_server_bundle(path)
+    with pytest.raises(PayloadError, match="unreadable header"):
+        load_public_context(path.read_bytes())
