@@ -109,6 +109,7 @@ def test_the_guard_never_returns_a_pann_below_its_start(digits, digits_mlp):
     assert guarded.start_accuracy == start and guarded.final_accuracy == end
 
 
+@pytest.mark.isolated(alone=True)  # in its own interpreter, beside the other groups
 @pytest.mark.slow  # about 3 CPU minutes: a ResNet-20 (19 activations) pre-trained briefly on digits32
 def test_robust_finetune_of_a_resnet20_on_digits32_never_ends_below_its_start():
     """ResNet-20's layout at width 8 on a digits32 subset, pre-trained briefly (SGD + weight decay,

@@ -14,6 +14,8 @@ import pytest
 
 from polyact.cli.commands import build_parser, main
 
+pytestmark = pytest.mark.isolated  # the pages' examples encrypt: SEAL's pool stays with the process
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\s*$")
