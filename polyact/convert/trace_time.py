@@ -15,23 +15,14 @@ from typing import Any
 import torch
 import torch.fx
 
+from ..ir.lower import ValueRecorder
 from ..nn.tracing import location
 
 _IDENTITY_NAMES = ("dropout", "drop_path", "droppath", "stochastic_depth", "stochasticdepth")
 
 
-class _Recorder(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.values: dict[torch.fx.Node, Any] = {}
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        self.values[n] = super().run_node(n)
-        return self.values[n]
-
-
 def _record(gm: torch.fx.GraphModule, example: torch.Tensor) -> dict[torch.fx.Node, Any] | None:
-    recorder = _Recorder(gm)
+    recorder = ValueRecorder(gm)
     try:
         with torch.no_grad():
             recorder.run(example.clone())

@@ -335,7 +335,7 @@ def _square_foldable(node: PolyNode) -> bool:
     return True
 
 
-class _Recorder(torch.fx.Interpreter):
+class ValueRecorder(torch.fx.Interpreter):
     """Runs the network once and keeps every node's value."""
 
     def __init__(self, gm: torch.fx.GraphModule) -> None:
@@ -356,7 +356,7 @@ def lower(pann: nn.Module, input_shape: tuple[int, ...]) -> PolyGraph:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise LoweringError(f"the network must take one input tensor, found {len(placeholders)}")
-    recorder = _Recorder(gm)
+    recorder = ValueRecorder(gm)
     with torch.no_grad():
         recorder.run(torch.zeros((1, *input_shape), dtype=torch.float64))
     builder = _BlockBuilder(gm, recorder.values)
