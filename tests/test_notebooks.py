@@ -26,15 +26,20 @@ def errors(notebook) -> list:
 
 
 def shown(cell) -> list[tuple[str, ...]]:
-    """What a cell shows, numbers masked: per output its kind, its media types and its text."""
-    summary = []
+    """What a cell shows, numbers masked: per output its kind, its media types and its text.
+    Consecutive chunks of one stream are one text (the kernel splits a stream as it flushes, so
+    where a chunk ends depends on timing)."""
+    merged = []
     for out in cell.outputs:
         text = out.get("text", "") if out.output_type == "stream" else out.get("data", {}).get("text/plain", "")
         if "image/png" in out.get("data", {}):
             text = ""  # a figure's repr names its memory address
-        summary.append((out.output_type, out.get("name", ""), *sorted(out.get("data", {})),
-                        " ".join(NUMBER.sub("#", text).split())))
-    return summary
+        kind = (out.output_type, out.get("name", ""), *sorted(out.get("data", {})))
+        if out.output_type == "stream" and merged and merged[-1][0] == kind:
+            merged[-1][1] += text
+        else:
+            merged.append([kind, text])
+    return [(*kind, " ".join(NUMBER.sub("#", text).split())) for kind, text in merged]
 
 
 def test_there_are_notebooks():
