@@ -53,9 +53,10 @@ def plan(pann, digits):
 
 
 @contextlib.contextmanager
-def serving(app):
-    """``app`` on a free loopback port in a thread; yields its URL."""
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+def serving(app, **config):
+    """``app`` on a free loopback port in a thread; yields its URL. ``config``: uvicorn.Config's
+    options (default: warnings only)."""
+    server = uvicorn.Server(uvicorn.Config(app, **{"log_level": "warning", **config}))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

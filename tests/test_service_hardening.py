@@ -1,26 +1,31 @@
 """The service under attack: fuzzed headers, disconnects, slow uploads, padded keys, concurrent
 bodies and the access log."""
-import contextlib
+import functools
 import json
 import logging
 import socket
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_service import serving as serving_on_loopback
 
 import he_backend
 from he_backend.protocol.keys import PUBLIC_KIND, KeyHolder
 from he_backend.protocol.serialization import MAGIC, pack, unpack
 from he_backend.service.app import ServiceLimits, create_app, redact
-from he_backend.service.memory import context_limit, evaluation_bytes, rss_bytes, session_bytes, upload_bytes
+from he_backend.service.memory import (
+    context_limit,
+    evaluation_bytes,
+    rss_bytes,
+    session_bytes,
+    upload_bytes,
+)
 from polyact.convert.pipeline import convert
 
 TIMEOUT = 60  # seconds, for every HTTP call
@@ -33,24 +38,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | s
 ODD = JSON | st.sampled_from([10**6, [[1]], 5, "64", [1, "x"], -1, 0, [10**9]])
 
 
-@contextlib.contextmanager
-def serving(app, access_log=False):
-    """``app`` on a free loopback port in a thread (logging left as it is: the tests attach
-    their own handler); yields its URL."""
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="info", access_log=access_log))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + TIMEOUT
-    while not server.started:
-        assert time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield "http://127.0.0.1:%d" % sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
+# on a free loopback port in a thread, logging left as it is (the tests attach their own handler)
+serving = functools.partial(serving_on_loopback, log_config=None, log_level="info", access_log=False)
 
 
 def post(url, path, body):
